@@ -1,0 +1,1 @@
+"""Code that the booking API, the gateway and other booking backends share."""

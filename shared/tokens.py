@@ -1,0 +1,89 @@
+"""JWT verification and minting with the algorithm pinned.
+
+HS256 with `JWT_SECRET`, or RS256/ES256 with `JWT_PUBLIC_KEY`: the verifier
+accepts exactly one algorithm family, so `none` and algorithm confusion (an
+HS256 token signed with the public key as its secret) are refused.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from shared.settings import JwtKeys
+
+# A user id must fit PostgreSQL's bigint.
+MAX_SUB_DIGITS = 18
+
+
+class InvalidToken(Exception):
+    """The token is malformed, badly signed, expired, not yet valid or lacks `sub`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    user_id: int
+    is_admin: bool
+    # None: the token never expires.
+    expires_at: datetime | None
+
+
+class TokenVerifier:
+    """Verify tokens with one pinned algorithm family."""
+
+    def __init__(self, keys: JwtKeys) -> None:
+        self._key: Any
+        if keys.public_key is not None:
+            self._key = load_pem_public_key(keys.public_key.encode())
+            if isinstance(self._key, rsa.RSAPublicKey):
+                self._algorithms = ["RS256"]
+            elif isinstance(self._key, ec.EllipticCurvePublicKey):
+                self._algorithms = ["ES256"]
+            else:
+                raise ValueError("JWT_PUBLIC_KEY must be an RSA or EC (P-256) public key")
+        elif keys.secret is not None:
+            self._key = keys.secret
+            self._algorithms = ["HS256"]
+        else:
+            raise ValueError("no JWT key configured")
+
+    def verify(self, token: str) -> Claims:
+        """Return the token's claims, or raise `InvalidToken`."""
+        try:
+            payload = jwt.decode(
+                token,
+                self._key,
+                algorithms=self._algorithms,
+                options={"require": ["sub"], "verify_aud": False},
+            )
+        except (jwt.PyJWTError, ValueError, TypeError) as error:
+            raise InvalidToken(str(error)) from None
+        return _claims(payload)
+
+
+def _claims(payload: dict[str, Any]) -> Claims:
+    sub = payload.get("sub")
+    if not isinstance(sub, str) or not sub.isascii() or not sub.isdigit():
+        raise InvalidToken("sub must be a string of digits")
+    if len(sub) > MAX_SUB_DIGITS:
+        raise InvalidToken("sub is too long")
+    exp = payload.get("exp")
+    expires_at = datetime.fromtimestamp(exp, UTC) if isinstance(exp, int | float) else None
+    return Claims(user_id=int(sub), is_admin=payload.get("role") == "admin", expires_at=expires_at)
+
+
+def mint_token(secret: str, user_id: int, *, admin: bool = False, ttl_seconds: int | None = 3600) -> str:
+    """An HS256 token for `user_id`; `ttl_seconds=None` mints one without `exp`."""
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": str(user_id), "iat": now}
+    if admin:
+        claims["role"] = "admin"
+    if ttl_seconds is not None:
+        claims["exp"] = now + ttl_seconds
+    return jwt.encode(claims, secret, algorithm="HS256")
