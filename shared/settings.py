@@ -135,7 +135,9 @@ def _origins(env: Env, name: str) -> tuple[str, ...]:
     for origin in origins:
         parts = urlsplit(origin)
         if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc):
-            raise SettingsError(f"{name} must list origins like https://example.com, got {origin!r}")
+            raise SettingsError(
+                f"{name} must list origins like https://example.com, got {origin!r}"
+            )
     return origins
 
 
@@ -150,7 +152,10 @@ def _redis_url(env: Env) -> str:
     url = _text(env, "REDIS_URL", "redis://127.0.0.1:6379/0")
     parts = urlsplit(url)
     if parts.scheme not in REDIS_SCHEMES:
-        raise SettingsError(f"REDIS_URL must start with redis://, rediss://, unix:// or redis+cluster://, got {_hide_password(url)!r}")
+        raise SettingsError(
+            "REDIS_URL must start with redis://, rediss://, unix:// or redis+cluster://, "
+            f"got {_hide_password(url)!r}"
+        )
     if parts.scheme != "unix" and not parts.hostname:
         raise SettingsError(f"REDIS_URL has no host: {_hide_password(url)!r}")
     _check_port("REDIS_URL", url)
@@ -161,7 +166,9 @@ def _database_url(env: Env) -> str:
     url = _text(env, "DATABASE_URL")
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
-        raise SettingsError(f"DATABASE_URL must start with postgresql://, got {_hide_password(url)!r}")
+        raise SettingsError(
+            f"DATABASE_URL must start with postgresql://, got {_hide_password(url)!r}"
+        )
     if not (parts.hostname or "host=" in parts.query):
         raise SettingsError(f"DATABASE_URL has no host: {_hide_password(url)!r}")
     _check_port("DATABASE_URL", url)
@@ -187,7 +194,9 @@ def _jwt_keys(env: Env) -> JwtKeys:
     secret = env.get("JWT_SECRET", "") or None
     if public_key is not None:
         if "-----BEGIN" not in public_key:
-            raise SettingsError("JWT_PUBLIC_KEY must be a PEM public key (-----BEGIN PUBLIC KEY-----)")
+            raise SettingsError(
+                "JWT_PUBLIC_KEY must be a PEM public key (-----BEGIN PUBLIC KEY-----)"
+            )
         return JwtKeys(secret=secret, public_key=public_key)
     if secret is None:
         raise SettingsError("JWT_SECRET is required but not set")
@@ -230,7 +239,9 @@ def gateway_settings(env: Env) -> GatewaySettings:
         ping_timeout_seconds=_float(env, "PING_TIMEOUT_SECONDS", 20.0, 0.1, 3600.0),
         outbound_buffer_bytes=_int(env, "OUTBOUND_BUFFER_BYTES", 1 << 20, 1024),
         workers=_int(env, "WORKERS", 1, 1, 256),
-        ws_impl=_choice(env, "WS_IMPL", "auto", ("auto", "websockets", "websockets-sansio", "wsproto", "fast")),
+        ws_impl=_choice(
+            env, "WS_IMPL", "auto", ("auto", "websockets", "websockets-sansio", "wsproto", "fast")
+        ),
     )
 
 
@@ -238,7 +249,9 @@ SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 
 
 def _listen_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=prog, description=f"Run {prog}; settings come from the environment.")
+    parser = argparse.ArgumentParser(
+        prog=prog, description=f"Run {prog}; settings come from the environment."
+    )
     parser.add_argument("--host", help="listen address (overrides HOST)")
     parser.add_argument("--port", type=int, help="listen port (overrides PORT)")
     return parser.parse_args(list(argv))

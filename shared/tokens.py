@@ -78,7 +78,9 @@ def _claims(payload: dict[str, Any]) -> Claims:
     return Claims(user_id=int(sub), is_admin=payload.get("role") == "admin", expires_at=expires_at)
 
 
-def mint_token(secret: str, user_id: int, *, admin: bool = False, ttl_seconds: int | None = 3600) -> str:
+def mint_token(
+    secret: str, user_id: int, *, admin: bool = False, ttl_seconds: int | None = 3600
+) -> str:
     """An HS256 token for `user_id`; `ttl_seconds=None` mints one without `exp`."""
     now = int(time.time())
     claims: dict[str, Any] = {"sub": str(user_id), "iat": now}

@@ -77,6 +77,8 @@ def service() -> Iterator[Callable[..., ServiceProcess]]:
 
 
 @pytest.fixture
-def api(service: Callable[..., ServiceProcess], database_url: str, redis_url: str) -> ServiceProcess:
+def api(
+    service: Callable[..., ServiceProcess], database_url: str, redis_url: str
+) -> ServiceProcess:
     """A real `python -m booking_api` on its own database and Redis."""
     return service("booking_api", {"DATABASE_URL": database_url, "REDIS_URL": redis_url})

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -47,7 +48,8 @@ class PostgresServer:
     """Where test databases are made: an admin URL on a running server."""
 
     def __init__(self) -> None:
-        self._embedded = None
+        # The embedded server (pgserver) when no PostgreSQL answered; None otherwise.
+        self._embedded: Any = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         url = os.environ.get("SEATCAST_TEST_DATABASE_URL") or LOCAL_URL
         if not _reachable(url):
@@ -58,7 +60,9 @@ class PostgresServer:
         import pgserver
 
         self._tmp = tempfile.TemporaryDirectory(prefix="seatcast-pg-")
-        self._embedded = pgserver.get_server(Path(self._tmp.name), cleanup_mode="stop")
+        self._embedded = pgserver.get_server(  # type: ignore[attr-defined]
+            Path(self._tmp.name), cleanup_mode="stop"
+        )
         return str(self._embedded.get_uri())
 
     @contextmanager

@@ -26,7 +26,9 @@ class ServiceProcess:
         self.port = port or free_port()
         self.env = {**os.environ, **env, "PORT": str(self.port), "HOST": "127.0.0.1"}
         self.env.setdefault("PYTHONPATH", str(ROOT))
-        self.log_file = tempfile.NamedTemporaryFile(prefix=f"seatcast-{module}-", suffix=".log", delete=False)
+        self.log_file = tempfile.NamedTemporaryFile(
+            prefix=f"seatcast-{module}-", suffix=".log", delete=False
+        )
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -45,12 +47,16 @@ class ServiceProcess:
             stdout=self.log_file,
             stderr=self.log_file,
         )
-        wait_until(lambda: self._ready(ready_path), timeout=timeout, what=f"{self.module} {ready_path}")
+        wait_until(
+            lambda: self._ready(ready_path), timeout=timeout, what=f"{self.module} {ready_path}"
+        )
         return self
 
     def _ready(self, path: str) -> bool:
         if self.process is not None and self.process.poll() is not None:
-            raise RuntimeError(f"{self.module} exited with {self.process.returncode}:\n{self.logs()}")
+            raise RuntimeError(
+                f"{self.module} exited with {self.process.returncode}:\n{self.logs()}"
+            )
         try:
             return httpx.get(self.http_url + path, timeout=1).status_code == 200
         except httpx.HTTPError:

@@ -1,0 +1,114 @@
+"""JWT verification: pinned algorithms, required `sub`, `exp` and `nbf` honoured."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from shared.settings import JwtKeys
+from shared.tokens import InvalidToken, TokenVerifier, mint_token
+
+SECRET = "k" * 40
+VERIFIER = TokenVerifier(JwtKeys(secret=SECRET, public_key=None))
+
+
+def _hs256(claims: dict[str, Any], key: str = SECRET) -> str:
+    return jwt.encode(claims, key, algorithm="HS256")
+
+
+def _public_pem(private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
+    return (
+        private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def _forge_hs256(claims: dict[str, Any], key: bytes) -> str:
+    """What an attacker sends: HS256 signed with the server's public PEM as the secret."""
+
+    def part(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signing_input = part(b'{"alg":"HS256","typ":"JWT"}') + b"." + part(json.dumps(claims).encode())
+    signature = hmac.new(key, signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + part(signature)).decode()
+
+
+def test_minted_token_verifies_with_user_and_role() -> None:
+    """A minted admin token gives the integer user id, the admin flag and the expiry."""
+    claims = VERIFIER.verify(mint_token(SECRET, 42, admin=True, ttl_seconds=60))
+    assert claims.user_id == 42
+    assert claims.is_admin
+    assert claims.expires_at is not None
+    assert 50 < claims.expires_at.timestamp() - time.time() <= 60
+
+
+def test_token_without_exp_never_expires() -> None:
+    """`exp` is optional; without it `expires_at` is None."""
+    claims = VERIFIER.verify(mint_token(SECRET, 7, ttl_seconds=None))
+    assert (claims.user_id, claims.is_admin, claims.expires_at) == (7, False, None)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        _hs256({"sub": "1", "exp": int(time.time()) - 10}),
+        _hs256({"sub": "1", "nbf": int(time.time()) + 600}),
+        _hs256({"role": "admin"}),
+        _hs256({"sub": "abc"}),
+        _hs256({"sub": "-5"}),
+        _hs256({"sub": "1" * 19}),
+        _hs256({"sub": "1"}, key="x" * 40),
+        jwt.encode({"sub": "1"}, "", algorithm="none"),
+        "not.a.token",
+        "",
+    ],
+    ids=[
+        "expired",
+        "not-yet-valid",
+        "no-sub",
+        "letters",
+        "negative",
+        "too-long",
+        "wrong-key",
+        "alg-none",
+        "garbage",
+        "empty",
+    ],
+)
+def test_bad_tokens_are_refused(token: str) -> None:
+    """Expired, premature, malformed, unsigned and wrongly signed tokens raise InvalidToken."""
+    with pytest.raises(InvalidToken):
+        VERIFIER.verify(token)
+
+
+def test_rs256_public_key_and_no_algorithm_confusion() -> None:
+    """With a public key, RS256 verifies; an HS256 token keyed with the PEM is refused."""
+    private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = _public_pem(private_key)
+    verifier = TokenVerifier(JwtKeys(secret=None, public_key=pem))
+    assert verifier.verify(jwt.encode({"sub": "3"}, private_key, algorithm="RS256")).user_id == 3
+    forged = _forge_hs256({"sub": "3"}, pem.encode())
+    with pytest.raises(InvalidToken):
+        verifier.verify(forged)
+    with pytest.raises(InvalidToken):
+        verifier.verify(mint_token("s" * 40, 3))
+
+
+def test_es256_public_key() -> None:
+    """An EC P-256 public key verifies ES256 tokens."""
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    verifier = TokenVerifier(JwtKeys(secret=None, public_key=_public_pem(private_key)))
+    token = jwt.encode({"sub": "9", "role": "admin"}, private_key, algorithm="ES256")
+    claims = verifier.verify(token)
+    assert (claims.user_id, claims.is_admin) == (9, True)
