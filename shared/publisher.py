@@ -8,7 +8,10 @@ script publishes nothing and returns 0, so retrying a publish is always safe.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
 
 from shared.channels import event_channel, history_key, state_key
 from shared.messages import SeatChange
@@ -78,6 +81,34 @@ class Publisher:
             self._publish_command,
         ]
         return bool(await self._publish_script(keys=keys, args=args))
+
+    async def publish_many(self, changes: Sequence[SeatChange]) -> list[bool]:
+        """Publish changes in the given order, in one round trip where the client allows
+        (a pipeline; Redis Cluster publishes one by one); False for each duplicate."""
+        if isinstance(self._redis, RedisCluster):
+            return [await self.publish(change) for change in changes]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for change in changes:
+                # Queues the EVALSHA on the pipeline (and registers the script for it).
+                await self._publish_script(
+                    keys=self._keys(change.event_id),
+                    args=self._args(change.seq, change.available_seats, change.payload()),
+                    client=pipe,
+                )
+            return [bool(result) for result in await pipe.execute()]
+
+    def _keys(self, event_id: int) -> list[str]:
+        return [history_key(event_id), state_key(event_id), event_channel(event_id)]
+
+    def _args(self, seq: int, available_seats: int, payload: bytes) -> list[Any]:
+        return [
+            seq,
+            payload,
+            available_seats,
+            self._history_size,
+            self._history_ttl_seconds,
+            self._publish_command,
+        ]
 
     async def restore_state(self, event_id: int, seq: int, available_seats: int) -> bool:
         """Record an event's state unless Redis already knows a newer one."""

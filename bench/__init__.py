@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench` (fan-out, `make bench`) and `python -m bench.bookings`."""

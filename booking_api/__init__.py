@@ -1,0 +1,1 @@
+"""The booking API: events, bookings and cancellations over PostgreSQL, published to Redis."""
