@@ -37,6 +37,10 @@ UNAVAILABLE_ERRORS = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
+    # Server shutting down or crashed (57P01, 57P02) while the request ran.
+    asyncpg.exceptions.OperatorInterventionError,
+    # asyncpg's protocol state after the server cut a connection mid-query (asyncpg#1069).
+    asyncpg.InternalClientError,
 )
 
 _EVENT_ID = re.compile(r"[1-9][0-9]{0,18}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from shared.redis_connect import AnyRedis
 
@@ -17,11 +17,17 @@ async def not_ready_reason(pool: asyncpg.Pool, redis: AnyRedis) -> str | None:
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
             await pool.fetchval("SELECT 1")
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    except (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+    ):
         return "PostgreSQL does not answer"
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
             await redis.ping()
-    except (OSError, TimeoutError, RedisError):
+    except (OSError, TimeoutError, RedisError, RedisClusterException):
         return "Redis does not answer"
     return None

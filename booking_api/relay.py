@@ -17,7 +17,7 @@ import logging
 import time
 
 import asyncpg
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from booking_api.metrics import ApiMetrics
 from booking_api.restore import StateRestorer
@@ -33,10 +33,14 @@ BATCH_ROWS = 500
 # What a failed round of publishing may raise; anything else is a bug and is logged as one.
 TRANSIENT_ERRORS = (
     RedisError,
+    # Redis Cluster's client raises this (not a RedisError) when no node or slot answers.
+    RedisClusterException,
     OSError,
     TimeoutError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # A connection the server cut mid-query (asyncpg#1069).
+    asyncpg.InternalClientError,
 )
 
 _PENDING = """

@@ -2,7 +2,9 @@
 
 A sentinel key marks a Redis that has our states. When it is missing, Redis
 is new or was restarted empty: every event's latest published state is
-written back from PostgreSQL, then the sentinel is set. Events with rows
+written back from PostgreSQL, then the sentinel is set. On Redis Cluster each
+master can come back empty on its own, so there is one sentinel per master
+(a key whose hash tag puts it in a slot that master serves). Events with rows
 still in the outbox are skipped: the relay publishes those rows, and a
 restored newer `seq` would make the publish script drop them as duplicates.
 """
@@ -12,6 +14,8 @@ from __future__ import annotations
 import logging
 
 import asyncpg
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from shared.publisher import Publisher
 from shared.redis_connect import AnyRedis
@@ -49,9 +53,11 @@ class StateRestorer:
 
     async def check(self) -> None:
         """Restore every state when Redis lost them; raises on failure (the caller retries)."""
-        if not await self._redis.exists(SENTINEL_KEY):
+        sentinels = await sentinel_keys(self._redis)
+        if not all([await self._redis.exists(key) for key in sentinels]):
             restored = await self.restore_all()
-            await self._redis.set(SENTINEL_KEY, "1")
+            for key in sentinels:
+                await self._redis.set(key, "1")
             logger.info("wrote %d event states to a Redis that had none", restored)
 
     async def restore_all(self) -> int:
@@ -62,3 +68,23 @@ class StateRestorer:
                 await self._publisher.restore_state(row["id"], row["seq"], row["available_seats"])
                 count += 1
         return count
+
+
+async def sentinel_keys(redis: AnyRedis) -> list[str]:
+    """The sentinel, or on Cluster one per master (by the client's current slot map)."""
+    if not isinstance(redis, RedisCluster):
+        return [SENTINEL_KEY]
+    await redis.initialize()
+    masters = {node.name for node in redis.get_primaries()}
+    keys: dict[str, str] = {}
+    for tag in range(16 * 16384):
+        key = f"{SENTINEL_KEY}:{{{tag}}}"
+        try:
+            node = redis.get_node_from_key(key)
+        except RedisClusterException:
+            continue  # a slot no master serves right now
+        if node is not None and node.name in masters:
+            keys.setdefault(node.name, key)
+            if len(keys) == len(masters):
+                break
+    return list(keys.values())

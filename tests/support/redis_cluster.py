@@ -101,6 +101,10 @@ class RedisClusterServers:
     def restart_node(self, port: int) -> None:
         """Stop and start one master; it keeps its slots (nodes.conf) but not its data."""
         self.stop_node(port)
+        self.resume_node(port)
+
+    def resume_node(self, port: int) -> None:
+        """Start a stopped master again and wait until the cluster is whole."""
         self.start_node(port)
         wait_until(self._healthy, timeout=20, what="cluster state ok after restart")
 
@@ -108,3 +112,67 @@ class RedisClusterServers:
         for port in list(self.processes):
             self.stop_node(port)
         self._dir.cleanup()
+
+    def owner(self, key: str) -> int:
+        """The port of the master owning `key`'s slot."""
+        with self.client() as client:
+            node = client.get_node_from_key(key)
+        assert node is not None
+        return int(node.port)
+
+    def node_client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=5)
+
+    def flush(self) -> None:
+        """Empty every master, so a test starts from a cluster with no keys."""
+        for port in self.ports:
+            with self.node_client(port) as client:
+                client.flushall()
+
+    def node_id(self, port: int) -> str:
+        with self.node_client(port) as client:
+            return str(client.execute_command("CLUSTER", "MYID").decode())
+
+    def move_slot(self, slot: int, to_port: int) -> None:
+        """Migrate one slot, keys and all, to another master (what `redis-cli --cluster
+        reshard` does for each slot): IMPORTING/MIGRATING, MIGRATE the keys, SETSLOT NODE."""
+        source = next(p for p in self.ports if self._owns(p, slot))
+        source_id, target_id = self.node_id(source), self.node_id(to_port)
+        with self.node_client(to_port) as target, self.node_client(source) as origin:
+            target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            origin.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while keys := origin.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                origin.execute_command(
+                    "MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "REPLACE", "KEYS", *keys
+                )
+            for port in (to_port, source, *[p for p in self.ports if p not in (to_port, source)]):
+                with self.node_client(port) as client:
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        wait_until(lambda: self._agree(slot, to_port), timeout=20, what=f"slot {slot} moved")
+
+    def _owns(self, port: int, slot: int) -> bool:
+        with self.node_client(port) as client:
+            for first, last, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if first <= slot <= last and int(master[1]) == port:
+                    return True
+        return False
+
+    def _agree(self, slot: int, port: int) -> bool:
+        """Every master names `port` as the slot's owner."""
+        for asked in self.ports:
+            with self.node_client(asked) as client:
+                owners = [
+                    int(master[1])
+                    for first, last, master, *_ in client.execute_command("CLUSTER", "SLOTS")
+                    if first <= slot <= last
+                ]
+            if owners != [port]:
+                return False
+        return True
+
+    def shard_subscribers(self, port: int, channel: str) -> tuple[int, int]:
+        """(sharded subscribers, classic subscribers) of `channel` on one node."""
+        with self.node_client(port) as client:
+            sharded = client.execute_command("PUBSUB", "SHARDNUMSUB", channel)
+            classic = client.execute_command("PUBSUB", "NUMSUB", channel)
+        return int(sharded[1]), int(classic[1])

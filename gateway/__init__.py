@@ -1,0 +1,1 @@
+"""One WebSocket gateway replica: sessions, a hub and one Redis fan-in per process."""

@@ -1,0 +1,116 @@
+"""What the Redis brokers share: the wanted events, subscribe waiters, and gap-free hand-on.
+
+A broker variant (`broker_redis` for one Redis, `broker_cluster` for Redis
+Cluster) owns its connections and tells this base two things: a message
+arrived on an event's channel (`_on_message`), and a subscription was
+(re-)established after the link or the shard changed (`_fill_after_reconnect`).
+Everything else, ordering per event, dropping duplicates, reading a `seq` gap
+from history, is here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from gateway.broker import BrokerEventHandler
+from gateway.history import History
+from gateway.metrics import Stats
+from gateway.publication import Publication, parse_publication
+from shared.channels import event_id_of_channel
+
+logger = logging.getLogger(__name__)
+
+
+class BrokerBase:
+    """Wanted events, waiters, and ordered, gap-filled delivery to the hub."""
+
+    def __init__(
+        self,
+        history: History,
+        stats: Stats,
+        *,
+        subscribe_timeout: float,
+        history_timeout: float,
+    ) -> None:
+        self._history = history
+        self._stats = stats
+        self._subscribe_timeout = subscribe_timeout
+        self._history_timeout = history_timeout
+        # The events the hub wants; the links' subscriptions converge to this set.
+        self._desired: set[int] = set()
+        # The highest seq handed to the hub per desired event; absent until the first.
+        self._last_seq: dict[int, int] = {}
+        # One future per event a subscriber waits on; woken on confirmation or link change.
+        self._waiters: dict[int, asyncio.Future[None]] = {}
+        # The hub, set by `run`; None before.
+        self._handler: BrokerEventHandler | None = None
+
+    def subscribed_events(self) -> frozenset[int]:
+        return frozenset(self._desired)
+
+    def _waiter(self, event_id: int) -> asyncio.Future[None]:
+        waiter = self._waiters.get(event_id)
+        if waiter is None or waiter.done():
+            waiter = self._waiters[event_id] = asyncio.get_running_loop().create_future()
+        return waiter
+
+    def _wake(self, event_ids: Iterable[int]) -> None:
+        for event_id in list(event_ids):
+            waiter = self._waiters.pop(event_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def _on_message(self, channel: bytes, data: bytes) -> None:
+        event_id = event_id_of_channel(channel)
+        if event_id not in self._desired:
+            return
+        publication = parse_publication(data)
+        if publication is None or publication.event_id != event_id:
+            logger.warning("ignoring a malformed publication", extra={"eventId": event_id})
+            return
+        self._stats.messages_in += 1
+        last = self._last_seq.get(event_id)
+        reference = last if last is not None else self._floor(event_id)
+        if last is not None and publication.seq <= last:
+            return
+        if reference is not None and publication.seq > reference + 1:
+            await self._fill(event_id, reference + 1, publication.seq - 1)
+        self._hand_on(publication)
+
+    async def _fill_after_reconnect(self, event_id: int) -> None:
+        last = self._last_seq.get(event_id)
+        reference = last if last is not None else self._floor(event_id)
+        if reference is not None:
+            await self._fill(event_id, reference + 1, None)
+
+    async def _fill(self, event_id: int, first: int, last: int | None) -> None:
+        """Hand on the history entries `first..last` (to the end when None) the hub lacks."""
+        async with asyncio.timeout(self._history_timeout):
+            publications = await self._history.read(event_id, first, last)
+        if last is not None and (not publications or publications[0].seq != first):
+            logger.warning(
+                "history no longer holds a gap",
+                extra={"eventId": event_id, "first": first, "last": last},
+            )
+        for publication in publications:
+            if self._hand_on(publication):
+                self._stats.gaps_filled += 1
+
+    def _hand_on(self, publication: Publication) -> bool:
+        """Give the hub a publication newer than what it has; False when skipped."""
+        event_id = publication.event_id
+        if event_id not in self._desired:
+            return False
+        last = self._last_seq.get(event_id)
+        if last is not None and publication.seq <= last:
+            return False
+        self._last_seq[event_id] = publication.seq
+        assert self._handler is not None
+        self._handler.handle_publication(publication)
+        return True
+
+    def _floor(self, event_id: int) -> int | None:
+        assert self._handler is not None
+        return self._handler.recovery_floor(event_id)

@@ -1,0 +1,263 @@
+"""The broker over one Redis pub/sub connection per replica (plain Redis, not Cluster).
+
+One task owns the connection for its lifetime (a `_Link`): a reader that
+handles every reply in order, a sender that writes SUBSCRIBE/UNSUBSCRIBE
+commands, and a keepalive that PINGs. When any of them fails the link is
+dropped, and `run` reconnects with backoff, subscribes every watched event
+again and, as each subscription is confirmed, reads what was published
+meanwhile from the event's history. The reader is the only place that hands
+publications to the hub, so order per event holds even across gap fills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Coroutine, Iterable
+from typing import Any, Final
+
+from redis.asyncio import ConnectionPool
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import RedisError
+
+from gateway.backoff import full_jitter
+from gateway.broker import BrokerEventHandler, BrokerUnavailable
+from gateway.broker_base import BrokerBase
+from gateway.history import History
+from gateway.metrics import Stats
+from shared.channels import event_channel, event_id_of_channel
+from shared.logs import redact
+
+SUBSCRIBE: Final = "SUBSCRIBE"
+UNSUBSCRIBE: Final = "UNSUBSCRIBE"
+# Channels per SUBSCRIBE when re-subscribing everything after a reconnect.
+RESUBSCRIBE_BATCH: Final = 500
+# A link that lived this long counts as healthy: the next failure starts backoff afresh.
+HEALTHY_LINK_SECONDS: Final = 2.0
+
+logger = logging.getLogger(__name__)
+
+
+class _Link:
+    """One pub/sub connection's lifetime, and what was asked of it."""
+
+    def __init__(self, connection: AbstractConnection) -> None:
+        self.connection = connection
+        # Commands for the sender task: (SUBSCRIBE|UNSUBSCRIBE|PING, channels).
+        self.outbox: asyncio.Queue[tuple[str, tuple[str, ...]]] = asyncio.Queue()
+        # Events whose latest command on this link is SUBSCRIBE.
+        self.wanted: set[int] = set()
+        # Commands sent or queued per event whose confirmation has not arrived.
+        self.unconfirmed: dict[int, int] = {}
+        # Events Redis has confirmed, with nothing newer outstanding.
+        self.confirmed: set[int] = set()
+        # Events re-subscribed after a reconnect: read history once confirmed.
+        self.needs_fill: set[int] = set()
+        # True from a keepalive PING until its PONG.
+        self.awaiting_pong = False
+
+    def request(self, command: str, events: Iterable[int]) -> None:
+        batch = tuple(events)
+        if not batch:
+            return
+        for event_id in batch:
+            self.unconfirmed[event_id] = self.unconfirmed.get(event_id, 0) + 1
+            self.confirmed.discard(event_id)
+            if command == SUBSCRIBE:
+                self.wanted.add(event_id)
+            else:
+                self.wanted.discard(event_id)
+        self.outbox.put_nowait((command, tuple(event_channel(e) for e in batch)))
+
+    def confirm(self, event_id: int) -> bool:
+        """Count one confirmation; True when the event is now subscribed and settled."""
+        left = self.unconfirmed.get(event_id, 0) - 1
+        if left > 0:
+            self.unconfirmed[event_id] = left
+            return False
+        self.unconfirmed.pop(event_id, None)
+        if event_id in self.wanted:
+            self.confirmed.add(event_id)
+            return True
+        return False
+
+
+class RedisBroker(BrokerBase):
+    """Keep one Redis subscription per watched event and feed publications to the hub."""
+
+    def __init__(
+        self,
+        url: str,
+        history: History,
+        stats: Stats,
+        *,
+        subscribe_timeout: float = 5.0,
+        keepalive_interval: float = 5.0,
+        history_timeout: float = 5.0,
+        backoff_base: float = 0.05,
+        backoff_cap: float = 2.0,
+    ) -> None:
+        super().__init__(
+            history, stats, subscribe_timeout=subscribe_timeout, history_timeout=history_timeout
+        )
+        # RESP2: pub/sub messages arrive as plain replies rather than RESP3 pushes.
+        self._pool = ConnectionPool.from_url(
+            url, protocol=2, socket_connect_timeout=2.0, socket_keepalive=True
+        )
+        self._keepalive_interval = keepalive_interval
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        # The live link; None while disconnected.
+        self._link: _Link | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None
+
+    async def subscribe(self, event_id: int) -> None:
+        self._desired.add(event_id)
+        try:
+            async with asyncio.timeout(self._subscribe_timeout):
+                while not self._settled(event_id):
+                    link = self._link
+                    if link is not None and event_id not in link.wanted:
+                        link.request(SUBSCRIBE, [event_id])
+                    await asyncio.shield(self._waiter(event_id))
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"Redis did not confirm the subscription to event {event_id}"
+            ) from None
+
+    def unsubscribe(self, event_id: int) -> None:
+        self._desired.discard(event_id)
+        self._last_seq.pop(event_id, None)
+        link = self._link
+        if link is not None and event_id in link.wanted:
+            link.request(UNSUBSCRIBE, [event_id])
+
+    async def close(self) -> None:
+        await self._pool.disconnect()
+
+    def _settled(self, event_id: int) -> bool:
+        link = self._link
+        return link is not None and event_id in link.confirmed
+
+    async def run(self, handler: BrokerEventHandler) -> None:
+        self._handler = handler
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await self._serve_link()
+            except* (RedisError, OSError) as group:
+                logger.warning("redis pub/sub link lost", extra={"error": _describe(group)})
+            except* Exception:
+                logger.exception("redis pub/sub link failed")
+            _raise_if_cancelled()
+            attempt = 0 if time.monotonic() - started > HEALTHY_LINK_SECONDS else attempt + 1
+            await asyncio.sleep(full_jitter(attempt, self._backoff_base, self._backoff_cap))
+
+    async def _serve_link(self) -> None:
+        connection: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.connect()  # type: ignore[no-untyped-call]
+            link = _Link(connection)
+            reconnect = bool(self._desired)
+            link.needs_fill.update(self._desired)
+            for batch in _batches(sorted(self._desired), RESUBSCRIBE_BATCH):
+                link.request(SUBSCRIBE, batch)
+            self._link = link
+            if reconnect:
+                self._stats.redis_reconnects += 1
+            logger.info("redis pub/sub link up", extra={"events": len(self._desired)})
+            await _until_one_fails(self._read(link), self._send(link), self._keepalive(link))
+        finally:
+            self._link = None
+            self._wake(self._waiters)
+            await connection.disconnect(nowait=True)
+
+    async def _send(self, link: _Link) -> None:
+        while True:
+            command, channels = await link.outbox.get()
+            # redis-py reconnects a closed connection on send, behind our back (and a
+            # connect that times out while cancelled can swallow the cancellation): a
+            # closed link must end here and be replaced by `run`, re-subscribed and filled.
+            if not link.connection.is_connected:
+                raise ConnectionError("the pub/sub connection is closed")
+            await link.connection.send_command(command, *channels, check_health=False)
+            # Python 3.11's wait_for, inside redis-py, drops a cancellation that races a
+            # completed send; without this the task group would wait for us forever.
+            _raise_if_cancelled()
+
+    async def _keepalive(self, link: _Link) -> None:
+        while True:
+            await asyncio.sleep(self._keepalive_interval)
+            if link.awaiting_pong:
+                raise ConnectionError("Redis did not answer PING")
+            link.awaiting_pong = True
+            link.outbox.put_nowait(("PING", ()))
+
+    async def _read(self, link: _Link) -> None:
+        while True:
+            reply = await link.connection.read_response(timeout=math.inf, disconnect_on_error=False)
+            if isinstance(reply, list) and reply:
+                # Any reply proves the link alive: during a burst the PONG queues behind
+                # hundreds of messages the reader has not reached yet (issue 4, bug 4).
+                link.awaiting_pong = False
+                await self._on_reply(link, reply)
+                _raise_if_cancelled()  # a history read may have swallowed it (see `_send`)
+            elif reply == b"PONG":
+                link.awaiting_pong = False
+
+    async def _on_reply(self, link: _Link, reply: list[Any]) -> None:
+        kind = reply[0]
+        if kind == b"message":
+            await self._on_message(reply[1], reply[2])
+        elif kind in (b"subscribe", b"unsubscribe"):
+            event_id = event_id_of_channel(reply[1])
+            if link.confirm(event_id):
+                if event_id in link.needs_fill:
+                    link.needs_fill.discard(event_id)
+                    await self._fill_after_reconnect(event_id)
+                self._wake([event_id])
+        elif kind == b"pong":
+            link.awaiting_pong = False
+
+
+async def _until_one_fails(*steps: Coroutine[Any, Any, None]) -> None:
+    """Run `steps` until one ends; cancel the others and raise what the first one raised.
+
+    Not a TaskGroup: on Python 3.11 a task group whose child fails leaves its
+    parent's cancellation count raised (fixed in 3.12), and `run` then took the
+    lost link for its own cancellation and stopped for good: no reconnect, every
+    later subscribe timed out (issue 4, the gateway that stopped answering).
+    """
+    tasks = [asyncio.create_task(step) for step in steps]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    raise ConnectionError("the pub/sub link ended")
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a task group folded into an exception group."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _batches(items: list[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _describe(group: BaseExceptionGroup[Any]) -> str:
+    return redact("; ".join(f"{type(e).__name__}: {e}" for e in group.exceptions))

@@ -1,0 +1,86 @@
+"""SIGTERM: report not-ready at once, close connections with 1012 spread over the
+drain window so clients do not all reconnect at the same moment, exit within it.
+
+`DrainingServer` is uvicorn's server with the first SIGTERM/SIGINT turned
+into a drain; uvicorn's own shutdown then finds little or nothing left to
+close. A second signal stops at once, as uvicorn would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from types import FrameType
+from typing import Final
+
+import uvicorn
+
+from gateway.replica import Replica
+
+SERVICE_RESTART: Final = 1012
+DRAIN_REASON: Final = "Server shutting down, reconnect elsewhere"
+# Closes go out over the first part of the window, the rest is for goodbyes and exit.
+SPREAD_FRACTION: Final = 0.5
+WAIT_FRACTION: Final = 0.75
+
+logger = logging.getLogger(__name__)
+
+
+async def drain(replica: Replica) -> None:
+    """Close every session with 1012, spread over the replica's drain window."""
+    replica.draining = True
+    loop = asyncio.get_running_loop()
+    window = replica.settings.drain_seconds
+    start = loop.time()
+    sessions = list(replica.sessions)
+    logger.info("draining", extra={"connections": len(sessions), "drainSeconds": window})
+    for index, session in enumerate(sessions):
+        delay = start + window * SPREAD_FRACTION * index / len(sessions) - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        session.close(SERVICE_RESTART, DRAIN_REASON)
+    try:
+        async with asyncio.timeout_at(start + window * WAIT_FRACTION):
+            await replica.idle.wait()
+    except TimeoutError:
+        logger.warning("drain window over", extra={"connections": len(replica.sessions)})
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server whose first shutdown signal drains the replica first."""
+
+    def __init__(self, config: uvicorn.Config, replica: Replica) -> None:
+        super().__init__(config)
+        self._replica = replica
+        # The serving loop, for the signal handler; None before `serve`.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # True from the first shutdown signal on.
+        self._drain_requested = False
+        # The drain in progress; None until the first signal.
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)  # type: ignore[arg-type]
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not recording the signal: uvicorn would re-raise it after shutdown and the
+        # process would die of SIGTERM instead of exiting 0.
+        if self._loop is not None and not self._drain_requested and not self.should_exit:
+            self._drain_requested = True
+            self._loop.call_soon_threadsafe(self._begin_drain)
+            return
+        self.should_exit = True
+        if sig == signal.SIGINT:
+            self.force_exit = True
+
+    def _begin_drain(self) -> None:
+        if self._drain_task is None:
+            self._drain_task = asyncio.create_task(self._drain_then_exit(), name="drain")
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await drain(self._replica)
+        finally:
+            self.should_exit = True

@@ -1,0 +1,70 @@
+"""WS_IMPL=fast: uvicorn's sans-I/O WebSocket protocol plus a way to write pre-built frames.
+
+A server's frames are unmasked, so one text frame built per message is valid
+on every connection. The protocol offers itself to the app as a `FrameSink`
+in the ASGI scope's extensions; the writer then hands it whole frames (several
+coalesced into one `write()`), instead of one `send()` coroutine per delivery
+that frames the same text again for each watcher. Everything else (handshake,
+client frames, pings, closes, the 1009 limit) stays uvicorn's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Protocol
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+# The scope extension under which the protocol offers itself.
+FRAME_SINK_EXTENSION: Final = "seatcast.frame_sink"
+TEXT_OPCODE: Final = 0x81  # FIN + text
+
+
+class FrameSink(Protocol):
+    """Where pre-framed bytes can go, straight to the connection's transport."""
+
+    def write_frames(self, frames: bytes) -> bool: ...
+
+    def buffered_bytes(self) -> int: ...
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented WebSocket text frame carrying `payload`."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((TEXT_OPCODE, size))
+    elif size < 65_536:
+        header = bytes((TEXT_OPCODE, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((TEXT_OPCODE, 127)) + size.to_bytes(8, "big")
+    return header + payload
+
+
+def frame_sink(connection: object) -> FrameSink | None:
+    """The sink of a Starlette `WebSocket` served by `FastWebSocketProtocol`, else None."""
+    scope: dict[str, Any] = getattr(connection, "scope", None) or {}
+    extensions = scope.get("extensions") or {}
+    sink: FrameSink | None = extensions.get(FRAME_SINK_EXTENSION)
+    return sink
+
+
+class FastWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O protocol that also accepts whole frames from the app."""
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        # A refused handshake never builds a scope. Otherwise the ASGI task was only
+        # created, not started: the scope can still be extended.
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"][FRAME_SINK_EXTENSION] = self
+
+    def write_frames(self, frames: bytes) -> bool:
+        """Write `frames` now; False once a close was sent or the connection is going."""
+        if self.close_sent or self.transport.is_closing():
+            return False
+        self.transport.write(frames)
+        return True
+
+    def buffered_bytes(self) -> int:
+        """Bytes written but not yet taken by the kernel: the slow-consumer measure."""
+        return int(self.transport.get_write_buffer_size())

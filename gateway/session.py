@@ -1,0 +1,266 @@
+"""One client connection: its token, its subscriptions, its reading loop.
+
+The ASGI handler task owns the session. It runs two children: the reader
+(client frames, one command at a time) and the writer (the outbound queue).
+Whichever ends first ends the session: the reader when the client went
+away, the writer once it sent a close frame. Anything may ask for a close
+(`Writer.close`): the rate limit, the token's expiry, an overflow, a drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any, Final
+
+from redis.exceptions import RedisError
+from starlette.websockets import WebSocket
+
+from gateway import protocol
+from gateway.broker import BrokerUnavailable
+from gateway.fastws import frame_sink
+from gateway.history import EventState
+from gateway.hub import UNKNOWN_SEQ, Subscription
+from gateway.protocol import Command, ProtocolError
+from gateway.publication import outgoing
+from gateway.ratelimit import RateLimit
+from gateway.replica import Replica
+from gateway.writer import Writer
+from shared.messages import iso
+from shared.tokens import Claims, InvalidToken
+
+POLICY_VIOLATION: Final = 1008
+INTERNAL_ERROR: Final = 1011
+RATE_LIMIT_REASON: Final = "Too many messages"
+EXPIRED_REASON: Final = "Authentication token expired"
+UNAVAILABLE_TEXT: Final = "Event feed temporarily unavailable, try again"
+CLOSE_TIMEOUT_SECONDS: Final = 10.0
+
+logger = logging.getLogger(__name__)
+
+
+class Session:
+    """An authenticated connection and what it watches."""
+
+    def __init__(self, websocket: WebSocket, replica: Replica, claims: Claims) -> None:
+        self._websocket = websocket
+        self._replica = replica
+        self.claims = claims
+        self.client_id = uuid.uuid4().hex
+        settings = replica.settings
+        self.writer = Writer(
+            websocket,
+            settings.outbound_buffer_bytes,
+            replica.stats,
+            replica.metrics.delivery_latency.observe,
+            close_timeout=CLOSE_TIMEOUT_SECONDS,
+            sink=frame_sink(websocket),
+        )
+        self._limit = RateLimit(settings.max_client_messages_per_second)
+        # event id -> this session's watch of it.
+        self._subscriptions: dict[int, Subscription] = {}
+        # Closes the session when the token expires; None for a token without `exp`.
+        self._expiry: asyncio.TimerHandle | None = None
+
+    @property
+    def watched_events(self) -> frozenset[int]:
+        return frozenset(self._subscriptions)
+
+    def close(self, code: int, reason: str) -> None:
+        self.writer.close(code, reason)
+
+    async def run(self, path_event: str | None) -> None:
+        """Serve the connection until either side closes it."""
+        self._send(protocol.connection_established(self.client_id, _path_event_id(path_event)))
+        self._watch_expiry()
+        reader = asyncio.create_task(self._read(path_event))
+        writer = asyncio.create_task(self.writer.run())
+        try:
+            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if self._expiry is not None:
+                self._expiry.cancel()
+            reader.cancel()
+            writer.cancel()
+            await asyncio.wait({reader, writer})
+            for task in (reader, writer):
+                if not task.cancelled() and task.exception() is not None:
+                    logger.error(
+                        "session task failed",
+                        exc_info=task.exception(),
+                        extra={"clientId": self.client_id},
+                    )
+            for subscription in self._subscriptions.values():
+                self._replica.hub.unsubscribe(subscription)
+            self._subscriptions.clear()
+
+    async def _read(self, path_event: str | None) -> None:
+        if path_event is not None:
+            await self._guarded(self._path_subscribe(path_event))
+        loop = asyncio.get_running_loop()
+        receive = self._websocket.receive
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self.writer.peer_gone()
+                return
+            self._replica.stats.client_messages += 1
+            if self.writer.close_request is not None:
+                continue
+            if not self._limit.allow(loop.time()):
+                self.close(POLICY_VIOLATION, RATE_LIMIT_REASON)
+                continue
+            text = message.get("text")
+            command = protocol.parse(text if text is not None else message.get("bytes", b""))
+            await self._guarded(self._handle(command))
+            _raise_if_cancelled()
+
+    async def _guarded(self, step: Any) -> None:
+        try:
+            await step
+        except Exception:
+            # A bug must not leave the client hanging: say so with 1011, keep the replica up.
+            logger.exception("session failed", extra={"clientId": self.client_id})
+            self.close(INTERNAL_ERROR, "Internal error")
+
+    async def _path_subscribe(self, path_event: str) -> None:
+        event_id = protocol.parse_event_id(path_event)
+        if event_id is None:
+            self._error(protocol.INVALID_EVENT_ID, protocol.INVALID_EVENT_ID_TEXT)
+            return
+        await self._subscribe(protocol.SubscribeEvent(event_id=event_id, add=False, since=None))
+
+    async def _handle(self, command: Command | ProtocolError) -> None:
+        match command:
+            case ProtocolError(code=code, message=text):
+                self._error(code, text)
+            case protocol.SubscribeEvent():
+                await self._subscribe(command)
+            case protocol.UnsubscribeEvent(event_id=event_id):
+                self._drop(event_id)
+                self._send(protocol.unsubscribed(event_id))
+            case protocol.Ping():
+                self._send(protocol.pong())
+            case protocol.GetStats():
+                self._get_stats()
+            case protocol.RefreshToken(token=token):
+                self._refresh(token)
+
+    async def _subscribe(self, command: protocol.SubscribeEvent) -> None:
+        event_id = command.event_id
+        limit = self._replica.settings.max_subscriptions
+        if (
+            command.add
+            and event_id not in self._subscriptions
+            and len(self._subscriptions) >= limit
+        ):
+            self._error(
+                protocol.TOO_MANY_SUBSCRIPTIONS, f"At most {limit} subscriptions per connection"
+            )
+            return
+        if not command.add:
+            for other in [e for e in self._subscriptions if e != event_id]:
+                self._drop(other)
+        since = command.since
+        subscription = Subscription(event_id, self.writer, UNKNOWN_SEQ if since is None else since)
+        hub = self._replica.hub
+        try:
+            await hub.subscribe(subscription)
+        except BrokerUnavailable:
+            self._error(protocol.UNAVAILABLE, UNAVAILABLE_TEXT)
+            return
+        # The new watch is registered first, so the broker keeps the event throughout.
+        previous = self._subscriptions.pop(event_id, None)
+        if previous is not None:
+            hub.unsubscribe(previous)
+        self._subscriptions[event_id] = subscription
+        try:
+            await self._start(subscription, since)
+        except (RedisError, OSError):
+            self._drop(event_id)
+            self._error(protocol.UNAVAILABLE, UNAVAILABLE_TEXT)
+
+    async def _start(self, subscription: Subscription, since: int | None) -> None:
+        """Send `subscribed`, the replay `since` asks for, then go live: no gap, no duplicate."""
+        assert self._replica.runtime is not None
+        history = self._replica.runtime.history
+        event_id = subscription.event_id
+        state = await history.state(event_id)
+        if since is None:
+            subscription.last_seq = state.seq or 0
+            self._send(protocol.subscribed(event_id, state.seq, state.available_seats, None))
+            subscription.go_live()
+            return
+        replay = await history.read(event_id, since + 1)
+        recovered = _recovered(since, state, [p.seq for p in replay])
+        if not recovered:
+            subscription.last_seq = max(since, state.seq or 0)
+        self._send(protocol.subscribed(event_id, state.seq, state.available_seats, recovered))
+        if recovered:
+            for publication in replay:
+                subscription.deliver(publication)
+        subscription.go_live()
+
+    def _drop(self, event_id: int) -> None:
+        subscription = self._subscriptions.pop(event_id, None)
+        if subscription is not None:
+            self._replica.hub.unsubscribe(subscription)
+
+    def _get_stats(self) -> None:
+        if not self.claims.is_admin:
+            self._error(protocol.FORBIDDEN, "Admin rights required")
+            return
+        self._send(protocol.stats(self._replica.stats_data()))
+
+    def _refresh(self, token: str) -> None:
+        try:
+            claims = self._replica.verifier.verify(token)
+        except InvalidToken:
+            self._error(protocol.INVALID_TOKEN, "Invalid authentication token")
+            return
+        if claims.user_id != self.claims.user_id:
+            self._error(protocol.INVALID_TOKEN, "The new token must be for the same user")
+            return
+        self.claims = claims
+        self._watch_expiry()
+        expires_at = None if claims.expires_at is None else iso(claims.expires_at)
+        self._send(protocol.token_refreshed(expires_at))
+
+    def _watch_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        expires_at = self.claims.expires_at
+        if expires_at is None:
+            return
+        delay = max(0.0, expires_at.timestamp() - time.time())
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(delay, self.close, POLICY_VIOLATION, EXPIRED_REASON)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self.writer.offer(outgoing(message))
+
+    def _error(self, code: protocol.ErrorCode, text: str) -> None:
+        self._send(protocol.error_message(code, text))
+
+
+def _raise_if_cancelled() -> None:
+    """Python 3.11's wait_for (used by redis-py) can drop a cancellation racing a reply."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _path_event_id(path_event: str | None) -> int | None:
+    return None if path_event is None else protocol.parse_event_id(path_event)
+
+
+def _recovered(since: int, state: EventState, replayed: list[int]) -> bool:
+    """Whether history still reaches back to `since + 1` (contract: `recovered`)."""
+    if replayed:
+        return replayed[0] == since + 1
+    if state.seq is None:
+        return since == 0
+    return state.seq <= since

@@ -1,0 +1,192 @@
+"""Regressions found while benchmarking fan-out (issue 4), and the WS_IMPL=fast writer path."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
+
+from gateway.broker_redis import SUBSCRIBE, RedisBroker, _Link
+from gateway.fastws import text_frame
+from gateway.history import History
+from gateway.metrics import Stats
+from gateway.publication import Outgoing, Publication, outgoing
+from gateway.writer import SLOW_CONSUMER, Writer
+from shared.channels import event_channel
+
+
+class ScriptedConnection:
+    """A pub/sub connection whose replies the test hands over one at a time."""
+
+    def __init__(self) -> None:
+        self.replies: asyncio.Queue[Any] = asyncio.Queue()
+        self.handed_over = asyncio.Event()
+
+    async def read_response(self, **_options: Any) -> Any:
+        reply = await self.replies.get()
+        self.handed_over.set()
+        return reply
+
+
+class RecordingSocket:
+    """A Starlette-like socket that records what the writer sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+        self.closes: list[tuple[int, str | None]] = []
+
+    async def send(self, message: Any) -> None:
+        self.sent.append(message)
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closes.append((code, reason))
+
+
+class RecordingSink:
+    """A frame sink standing in for `FastWebSocketProtocol`, with a settable kernel backlog."""
+
+    def __init__(self, buffered: int = 0) -> None:
+        self.writes: list[bytes] = []
+        self.buffered = buffered
+
+    def write_frames(self, frames: bytes) -> bool:
+        self.writes.append(frames)
+        return True
+
+    def buffered_bytes(self) -> int:
+        return self.buffered
+
+
+def _publication(seq: int, size: int = 10) -> Publication:
+    text = orjson.dumps({"eventId": 1, "seq": seq, "pad": "x" * size}).decode()
+    return Publication(text=text, size=len(text), event_id=1, seq=seq)
+
+
+def _fast_writer(sink: RecordingSink, limit: int = 1 << 20) -> tuple[Writer, Stats]:
+    stats = Stats()
+    writer = Writer(RecordingSocket(), limit, stats, lambda _s: None, 1.0, sink=sink)
+    return writer, stats
+
+
+async def _next_turn() -> None:
+    # The writer flushes with `call_soon`; one yield lets that callback run.
+    await asyncio.sleep(0)
+
+
+async def test_any_pubsub_reply_counts_as_keepalive_answer() -> None:
+    """A link busy with a burst is alive: a reply read after the PING clears the missing-PONG flag.
+
+    Before, only the PONG cleared it, and the PONG waited behind every message of
+    a burst, so the keepalive dropped a healthy link ('Redis did not answer PING').
+    """
+    broker = RedisBroker("redis://127.0.0.1:1", History(None), Stats())  # type: ignore[arg-type]
+    connection = ScriptedConnection()
+    link = _Link(connection)  # type: ignore[arg-type]
+    link.request(SUBSCRIBE, [5])
+    link.awaiting_pong = True
+    reader = asyncio.create_task(broker._read(link))
+    try:
+        connection.replies.put_nowait([b"subscribe", event_channel(5).encode(), 1])
+        await asyncio.wait_for(connection.handed_over.wait(), timeout=5)
+        # The reader handles the reply in the same step it got it; one more yield to be sure.
+        await asyncio.sleep(0)
+        assert link.awaiting_pong is False
+        assert not reader.done()
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
+async def test_writer_sends_no_close_after_the_client_closed() -> None:
+    """After the client's close the writer ends without a close of its own.
+
+    uvicorn refuses a `websocket.close` once the client closed ('Unexpected ASGI
+    message websocket.close'), which the websockets implementation logged for
+    every client of a mass close.
+    """
+    socket = RecordingSocket()
+    writer = Writer(socket, 1 << 20, Stats(), lambda _s: None, 1.0)
+    task = asyncio.create_task(writer.run())
+    writer.peer_gone()
+    await asyncio.wait_for(task, timeout=5)
+    assert socket.closes == []
+    assert writer.offer(outgoing({"type": "pong"})) is False
+
+
+async def test_writer_still_closes_when_the_server_asks_first() -> None:
+    """A server-side close request (e.g. a drain) still sends its close frame."""
+    socket = RecordingSocket()
+    writer = Writer(socket, 1 << 20, Stats(), lambda _s: None, 1.0)
+    task = asyncio.create_task(writer.run())
+    writer.close(1012, "bye")
+    await asyncio.wait_for(task, timeout=5)
+    assert socket.closes == [(1012, "bye")]
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65_535, 65_536, 70_000])
+def test_text_frame_parses_as_one_unmasked_text_frame(size: int) -> None:
+    """`text_frame` builds what a WebSocket client reads back as exactly that text."""
+    payload = ("é" * (size // 2) + "a" * (size % 2)).encode()
+    reader = StreamReader()
+    reader.feed_data(text_frame(payload))
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=False, max_size=None)
+    try:
+        next(parser)
+    except StopIteration as done:
+        frame = done.value
+    assert frame.opcode is Opcode.TEXT
+    assert frame.fin
+    assert frame.data == payload
+
+
+async def test_fast_writer_coalesces_one_turn_into_one_write() -> None:
+    """Frames offered in one loop turn go out as one `write()`, in order, each counted."""
+    sink = RecordingSink()
+    writer, stats = _fast_writer(sink)
+    frames: list[Outgoing] = [_publication(seq) for seq in range(1, 6)]
+    frames.insert(2, outgoing({"type": "pong"}))
+    for frame in frames:
+        assert writer.offer(frame)
+    assert sink.writes == []
+    await _next_turn()
+    assert sink.writes == [b"".join(f.frame for f in frames)]
+    assert stats.deliveries == 5
+    assert writer.offer(_publication(6))
+    await _next_turn()
+    assert sink.writes[1] == _publication(6).frame
+
+
+async def test_fast_writer_closes_a_slow_consumer_by_transport_backlog() -> None:
+    """A client whose transport already holds the buffer's worth is closed with 4008."""
+    sink = RecordingSink(buffered=900)
+    writer, stats = _fast_writer(sink, limit=1_000)
+    assert writer.offer(_publication(1, size=200)) is False
+    assert writer.close_request is not None
+    assert writer.close_request[0] == SLOW_CONSUMER
+    assert stats.slow_consumer_closes == 1
+    await _next_turn()
+    assert sink.writes == []
+
+
+async def test_fast_writer_lets_one_large_frame_through_an_empty_buffer() -> None:
+    """One frame larger than the buffer still goes out when nothing else is pending."""
+    sink = RecordingSink()
+    writer, _stats = _fast_writer(sink, limit=100)
+    assert writer.offer(_publication(1, size=500))
+    await _next_turn()
+    assert len(sink.writes) == 1
+
+
+async def test_fast_writer_drops_gathered_frames_on_close() -> None:
+    """A close requested before the flush drops what was gathered: nothing after a close."""
+    sink = RecordingSink()
+    writer, _stats = _fast_writer(sink)
+    assert writer.offer(_publication(1))
+    writer.close(1012, "bye")
+    await _next_turn()
+    assert sink.writes == []
