@@ -40,8 +40,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--quick", action="store_true", help="small sizes and one run: under a minute")
-    add("--servers", default=DEFAULT_SERVERS,
-        help=f"comma-separated: floor, gateway[:<WS_IMPL>[:<WORKERS>]] (default {DEFAULT_SERVERS})")
+    add(
+        "--servers",
+        default=DEFAULT_SERVERS,
+        help=f"comma-separated: floor, gateway[:<WS_IMPL>[:<WORKERS>]] (default {DEFAULT_SERVERS})",
+    )
     add("--runs", type=int, help="runs of every server (default 2, quick 1)")
     add("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     add("--log-level", default="warning", help="LOG_LEVEL of the gateway (default warning)")

@@ -32,8 +32,13 @@ class LoadClient:
     async def start(cls, log_path: Path) -> LoadClient:
         with log_path.open("ab") as log:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.loadclient", cwd=ROOT,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+                sys.executable,
+                "-m",
+                "bench.loadclient",
+                cwd=ROOT,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
                 limit=LINE_LIMIT,
             )
         return cls(process, log_path)

@@ -91,8 +91,11 @@ class Fleet:
         outcomes = await asyncio.gather(
             *(
                 self._open(
-                    host, port, upgrade_request(host, port, f"/ws/events/{event}?token={token}"),
-                    ramp, timeout,
+                    host,
+                    port,
+                    upgrade_request(host, port, f"/ws/events/{event}?token={token}"),
+                    ramp,
+                    timeout,
                 )
                 for event, token in zip(targets, tokens, strict=True)
             ),

@@ -16,8 +16,15 @@ from bench.scenarios import DELIVERY_SCENARIOS, Result
 FLOOR = "floor"
 # Counts where one bad run is the truth: the worst run is reported, not the median.
 WORST_OF_RUNS = frozenset(
-    {"lost", "duplicates", "outOfOrder", "unexpected", "incompleteWatchers",
-     "refusedPublishes", "failed"}
+    {
+        "lost",
+        "duplicates",
+        "outOfOrder",
+        "unexpected",
+        "incompleteWatchers",
+        "refusedPublishes",
+        "failed",
+    }
 )
 # Tallies by name (close codes, error codes, failure texts): summed over runs.
 SUMMED = frozenset({"closes", "errors", "failures"})
@@ -39,8 +46,9 @@ def combine(results: Sequence[Result]) -> Result:
         if key in SUMMED:
             combined[key] = dict(sum((Counter(value) for value in values), Counter()))
         elif isinstance(first, dict):
-            combined[key] = {name: _median_or_worst(name, [v.get(name) for v in values])
-                             for name in first}
+            combined[key] = {
+                name: _median_or_worst(name, [v.get(name) for v in values]) for name in first
+            }
         elif _is_number(first):
             combined[key] = _median_or_worst(key, values)
         else:
@@ -165,9 +173,21 @@ def _main_table(meta: dict[str, Any], summary: Summary) -> list[str]:
 
 def _detail_table(summary: Summary) -> list[str]:
     headers = [
-        "scenario", "server", "deliveries", "CPU µs/delivery", "kernel", f"{TIMES} floor",
-        "p50 ms", "p90 ms", "p99 ms", "max ms", "lost", "dup", "out of order",
-        "closes", "client CPU µs/delivery",
+        "scenario",
+        "server",
+        "deliveries",
+        "CPU µs/delivery",
+        "kernel",
+        f"{TIMES} floor",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "lost",
+        "dup",
+        "out of order",
+        "closes",
+        "client CPU µs/delivery",
     ]
     rows = [_row(headers), _row(["---"] * len(headers))]
     for scenario in DELIVERY_SCENARIOS:
@@ -176,17 +196,24 @@ def _detail_table(summary: Summary) -> list[str]:
             if result is None or "error" in result:
                 continue
             latency = result.get("latencyMs") or {}
-            rows.append(_row([
-                scenario, server,
-                f"{_number(result['delivered'], 0)} / {_number(result['expectedDeliveries'], 0)}",
-                _number(result["cpuUsPerDelivery"], 1),
-                f"{result['kernelShare']:.0%}",
-                _number(result.get("ratioToFloor"), 2),
-                *(_number(latency.get(name), 1) for name in LATENCIES),
-                str(result["lost"]), str(result["duplicates"]), str(result["outOfOrder"]),
-                _tally(result.get("closes", {})),
-                _number(result["clientCpuUsPerDelivery"], 1),
-            ]))
+            rows.append(
+                _row(
+                    [
+                        scenario,
+                        server,
+                        f"{_number(result['delivered'], 0)} / {_number(result['expectedDeliveries'], 0)}",
+                        _number(result["cpuUsPerDelivery"], 1),
+                        f"{result['kernelShare']:.0%}",
+                        _number(result.get("ratioToFloor"), 2),
+                        *(_number(latency.get(name), 1) for name in LATENCIES),
+                        str(result["lost"]),
+                        str(result["duplicates"]),
+                        str(result["outOfOrder"]),
+                        _tally(result.get("closes", {})),
+                        _number(result["clientCpuUsPerDelivery"], 1),
+                    ]
+                )
+            )
     return rows
 
 
@@ -272,8 +299,9 @@ def _latency_lines(axis: Any, scenario: str, measured: dict[str, Result]) -> Non
         points = [(label, latency.get(label)) for label in LATENCIES]
         shown = [(label, value) for label, value in points if value]
         if shown:
-            axis.plot([label for label, _ in shown], [value for _, value in shown],
-                      marker="o", label=name)
+            axis.plot(
+                [label for label, _ in shown], [value for _, value in shown], marker="o", label=name
+            )
     axis.set_yscale("log")
     axis.set_title(f"{scenario}: publish-to-receipt latency")
     axis.set_ylabel("ms")

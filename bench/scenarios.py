@@ -76,14 +76,26 @@ class Sizes:
 
 
 FULL = Sizes(
-    burst_watchers=5000, burst_messages=200,
-    paced_watchers=1000, paced_per_second=20.0, paced_seconds=5.0,
-    routing_events=1000, routing_watchers=5, routing_rounds=10, routing_per_second=2.0,
+    burst_watchers=5000,
+    burst_messages=200,
+    paced_watchers=1000,
+    paced_per_second=20.0,
+    paced_seconds=5.0,
+    routing_events=1000,
+    routing_watchers=5,
+    routing_rounds=10,
+    routing_per_second=2.0,
 )
 QUICK = Sizes(
-    burst_watchers=1000, burst_messages=40,
-    paced_watchers=250, paced_per_second=20.0, paced_seconds=1.5,
-    routing_events=100, routing_watchers=5, routing_rounds=4, routing_per_second=4.0,
+    burst_watchers=1000,
+    burst_messages=40,
+    paced_watchers=250,
+    paced_per_second=20.0,
+    paced_seconds=1.5,
+    routing_events=100,
+    routing_watchers=5,
+    routing_rounds=4,
+    routing_per_second=4.0,
     quiet_seconds=3.0,
 )
 
@@ -171,7 +183,8 @@ async def connect_idle_burst(trial: Trial) -> dict[str, Result]:
     connected = max(ramp["connected"], 1)
     grown_kib = procstat.rss(server.pid) - memory_before
     burst = await deliver(
-        trial, sizes.burst_messages,
+        trial,
+        sizes.burst_messages,
         lambda: bench.feed.burst(event, sizes.burst_messages),
     )
     return {
@@ -196,7 +209,8 @@ async def paced(trial: Trial) -> dict[str, Result]:
     [event] = bench.fresh_events(1)
     ramp = await connect(trial, [event], sizes.paced_watchers)
     result = await deliver(
-        trial, sizes.paced_messages,
+        trial,
+        sizes.paced_messages,
         lambda: bench.feed.paced(event, sizes.paced_messages, sizes.paced_per_second),
     )
     return {"paced": {**result, "settleBeforeConnectSeconds": ramp["settleSeconds"]}}
@@ -209,7 +223,8 @@ async def routing(trial: Trial) -> dict[str, Result]:
     events = bench.fresh_events(sizes.routing_events)
     ramp = await connect(trial, events, sizes.routing_watchers)
     result = await deliver(
-        trial, sizes.routing_rounds,
+        trial,
+        sizes.routing_rounds,
         lambda: bench.feed.rounds(
             events, sizes.routing_rounds, sizes.routing_per_second, sizes.publish_concurrency
         ),
@@ -230,8 +245,12 @@ async def connect(trial: Trial, events: list[int], per_event: int) -> Result:
     bench = trial.bench
     settled = await settle(trial.server)
     reply = await trial.client.call(
-        "connect", url=trial.server.ws_url, secret=bench.backend.jwt_secret, events=events,
-        perEvent=per_event, concurrency=bench.sizes.connect_concurrency,
+        "connect",
+        url=trial.server.ws_url,
+        secret=bench.backend.jwt_secret,
+        events=events,
+        perEvent=per_event,
+        concurrency=bench.sizes.connect_concurrency,
         timeout=CONNECT_TIMEOUT_SECONDS,
     )
     if reply["connected"] == 0:
@@ -267,7 +286,9 @@ async def deliver(trial: Trial, messages: int, publish: Callable[[], Awaitable[N
     cpu_before = procstat.cpu(server.pid)
     await publish()
     got = await client.call(
-        "collect", quiet=bench.sizes.quiet_seconds, deadline=COLLECT_DEADLINE_SECONDS,
+        "collect",
+        quiet=bench.sizes.quiet_seconds,
+        deadline=COLLECT_DEADLINE_SECONDS,
         serverPids=procstat.process_tree(server.pid),
     )
     cpu = procstat.cpu(server.pid) - cpu_before

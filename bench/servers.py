@@ -101,8 +101,15 @@ class ServerProcess:
 
     def _command(self) -> list[str]:
         if self.spec.is_floor:
-            return [sys.executable, "-m", "bench.floor", "--port", str(self.port),
-                    "--redis-url", self._backend.redis_url]
+            return [
+                sys.executable,
+                "-m",
+                "bench.floor",
+                "--port",
+                str(self.port),
+                "--redis-url",
+                self._backend.redis_url,
+            ]
         return [sys.executable, "-m", "gateway"]
 
     def _environment(self) -> dict[str, str]:
@@ -126,8 +133,12 @@ class ServerProcess:
         """Start and wait for `GET /readyz` to answer 200; ServerFailed otherwise."""
         with self._log_path.open("ab") as log:
             self._process = await asyncio.create_subprocess_exec(
-                *self._command(), env=self._environment(), cwd=ROOT,
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                *self._command(),
+                env=self._environment(),
+                cwd=ROOT,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
             )
         deadline = asyncio.get_running_loop().time() + START_SECONDS
         while await http_status(self.port, "/readyz") != 200:

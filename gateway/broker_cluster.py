@@ -238,6 +238,7 @@ class ClusterBroker(BrokerBase):
             self._node_tasks.clear()
 
     async def _keep_slot_map(self) -> None:
+        """Read the slot map whenever asked (at most every MIN_REFRESH_SECONDS), retrying."""
         attempt = 0
         while True:
             await self._refresh.wait()
@@ -251,13 +252,16 @@ class ClusterBroker(BrokerBase):
                 )
             except (RedisError, OSError, TimeoutError) as error:
                 logger.warning("cannot read the cluster slot map", extra={"error": _text(error)})
-                self._refresh.set()
-                attempt += 1
-                await asyncio.sleep(full_jitter(attempt, self._backoff_base, self._backoff_cap))
+            except Exception:
+                logger.exception("unexpected cluster slot map")
+            else:
+                attempt = 0
+                self._apply(slots)
+                await asyncio.sleep(MIN_REFRESH_SECONDS)
                 continue
-            attempt = 0
-            self._apply(slots)
-            await asyncio.sleep(MIN_REFRESH_SECONDS)
+            self._refresh.set()
+            attempt += 1
+            await asyncio.sleep(full_jitter(attempt, self._backoff_base, self._backoff_cap))
 
     def _seeds(self) -> list[Address]:
         known = sorted(self._slots.primaries()) if self._slots is not None else []

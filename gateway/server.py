@@ -23,7 +23,7 @@ from shared.settings import GatewaySettings, fail
 MAX_FRAME_BYTES: Final = 65_536
 # WS_IMPL -> uvicorn's `ws`. "fast" is uvicorn's sans-I/O protocol plus pre-framed,
 # coalesced writes (gateway/fastws.py); "auto" takes it: fastest in `make bench` and it
-# passes the whole gateway suite (see notes/readme-perf.md).
+# passes the whole gateway suite (README: Fan-out performance).
 WS_IMPLEMENTATIONS: Final = {
     "auto": "gateway.fastws:FastWebSocketProtocol",
     "fast": "gateway.fastws:FastWebSocketProtocol",

@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Any, Final
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from starlette.websockets import WebSocket
 
 from gateway import protocol
@@ -63,6 +63,8 @@ class Session:
         self._subscriptions: dict[int, Subscription] = {}
         # Closes the session when the token expires; None for a token without `exp`.
         self._expiry: asyncio.TimerHandle | None = None
+        # True once the session gave its watches back to the hub; it takes no new ones.
+        self._released = False
 
     @property
     def watched_events(self) -> frozenset[int]:
@@ -84,7 +86,12 @@ class Session:
                 self._expiry.cancel()
             reader.cancel()
             writer.cancel()
-            await asyncio.wait({reader, writer})
+            try:
+                await asyncio.wait({reader, writer})
+            finally:
+                # Even when this wait is itself cancelled (server shutdown), the hub
+                # must not keep watchers for a connection that is gone.
+                self._release()
             for task in (reader, writer):
                 if not task.cancelled() and task.exception() is not None:
                     logger.error(
@@ -92,9 +99,12 @@ class Session:
                         exc_info=task.exception(),
                         extra={"clientId": self.client_id},
                     )
-            for subscription in self._subscriptions.values():
-                self._replica.hub.unsubscribe(subscription)
-            self._subscriptions.clear()
+
+    def _release(self) -> None:
+        self._released = True
+        for subscription in self._subscriptions.values():
+            self._replica.hub.unsubscribe(subscription)
+        self._subscriptions.clear()
 
     async def _read(self, path_event: str | None) -> None:
         if path_event is not None:
@@ -171,6 +181,9 @@ class Session:
         except BrokerUnavailable:
             self._error(protocol.UNAVAILABLE, UNAVAILABLE_TEXT)
             return
+        if self._released:  # the session ended while the broker confirmed
+            hub.unsubscribe(subscription)
+            return
         # The new watch is registered first, so the broker keeps the event throughout.
         previous = self._subscriptions.pop(event_id, None)
         if previous is not None:
@@ -178,7 +191,9 @@ class Session:
         self._subscriptions[event_id] = subscription
         try:
             await self._start(subscription, since)
-        except (RedisError, OSError):
+        # RedisClusterException is not a RedisError: a Cluster without a reachable
+        # owner must also answer `unavailable`, not close the connection.
+        except (RedisError, RedisClusterException, OSError):
             self._drop(event_id)
             self._error(protocol.UNAVAILABLE, UNAVAILABLE_TEXT)
 

@@ -80,7 +80,10 @@ async def test_load_client_receives_every_seq_from_the_floor(
 async def test_floor_refuses_a_bad_token(floor: ServerProcess, load_client: LoadClient) -> None:
     """A token signed with another secret never gets a watcher connected."""
     reply = await load_client.call(
-        "connect", url=floor.ws_url, secret="another-secret-that-is-long-enough!!", events=[1],
+        "connect",
+        url=floor.ws_url,
+        secret="another-secret-that-is-long-enough!!",
+        events=[1],
         perEvent=2,
     )
     assert (reply["connected"], reply["failed"]) == (0, 2)
@@ -139,7 +142,7 @@ def test_push_reader_splits_arrays_across_any_chunking() -> None:
     """Pushes fed one byte at a time come out whole and in order; an error reply raises."""
     data = (
         b"*3\r\n$9\r\nsubscribe\r\n$3\r\nabc\r\n:1\r\n"
-        b"*3\r\n$7\r\nmessage\r\n$3\r\nabc\r\n$7\r\n{\"a\":1}\r\n"
+        b'*3\r\n$7\r\nmessage\r\n$3\r\nabc\r\n$7\r\n{"a":1}\r\n'
     )
     reader, pushes = PushReader(), []
     for index in range(len(data)):
@@ -150,8 +153,14 @@ def test_push_reader_splits_arrays_across_any_chunking() -> None:
         PushReader().feed(b"-ERR wrong\r\n")
 
 
-@pytest.mark.parametrize(("size", "header"), [(5, b"\x81\x05"), (126, b"\x81\x7e\x00\x7e"),
-                                              (70000, b"\x81\x7f" + (70000).to_bytes(8, "big"))])
+@pytest.mark.parametrize(
+    ("size", "header"),
+    [
+        (5, b"\x81\x05"),
+        (126, b"\x81\x7e\x00\x7e"),
+        (70000, b"\x81\x7f" + (70000).to_bytes(8, "big")),
+    ],
+)
 def test_text_frame_header_fits_the_payload_size(size: int, header: bytes) -> None:
     """A server text frame: FIN + text opcode, unmasked, 7/16/64-bit length."""
     payload = b"x" * size
@@ -164,11 +173,19 @@ def test_frame_reader_returns_whole_messages_from_any_chunking() -> None:
     stream = (
         text_frame(b"hello")
         + text_frame(long_text)
-        + b"\x01\x03abc" + b"\x89\x01p" + b"\x80\x03def"  # "abc" + ping + "def"
-        + b"\x88\x02" + (4008).to_bytes(2, "big")
+        + b"\x01\x03abc"
+        + b"\x89\x01p"
+        + b"\x80\x03def"  # "abc" + ping + "def"
+        + b"\x88\x02"
+        + (4008).to_bytes(2, "big")
     )
-    expected = [(TEXT, b"hello"), (TEXT, long_text), (PING, b"p"), (TEXT, b"abcdef"),
-                (CLOSE, (4008).to_bytes(2, "big"))]
+    expected = [
+        (TEXT, b"hello"),
+        (TEXT, long_text),
+        (PING, b"p"),
+        (TEXT, b"abcdef"),
+        (CLOSE, (4008).to_bytes(2, "big")),
+    ]
     assert FrameReader().feed(stream) == expected
     reader, messages = FrameReader(), []
     for index in range(len(stream)):
@@ -195,8 +212,12 @@ def test_upgrade_answer_must_be_101_with_the_right_accept() -> None:
 def test_server_list_parses_variants_and_refuses_unknown_ones() -> None:
     """`floor`, `gateway`, `gateway:<impl>[:<workers>]`; anything else is an error."""
     specs = parse_servers("floor, gateway, gateway:wsproto, gateway:fast:2")
-    assert [(s.ws_impl, s.workers) for s in specs] == [(None, 1), ("auto", 1), ("wsproto", 1),
-                                                       ("fast", 2)]
+    assert [(s.ws_impl, s.workers) for s in specs] == [
+        (None, 1),
+        ("auto", 1),
+        ("wsproto", 1),
+        ("fast", 2),
+    ]
     for bad in ("", "nginx", "gateway:quick", "gateway:fast:two", "floor,floor"):
         with pytest.raises(ValueError, match="server"):
             parse_servers(bad)
@@ -204,9 +225,16 @@ def test_server_list_parses_variants_and_refuses_unknown_ones() -> None:
 
 def _delivery(cpu: float, p99: float, lost: int = 0) -> dict[str, Any]:
     return {
-        "delivered": 10, "expectedDeliveries": 10, "cpuUsPerDelivery": cpu, "kernelShare": 0.5,
-        "latencyMs": {"p50": 1.0, "p90": 2.0, "p99": p99, "max": 9.0}, "lost": lost,
-        "duplicates": 0, "outOfOrder": 0, "closes": {"4008": 1}, "clientCpuUsPerDelivery": 5.0,
+        "delivered": 10,
+        "expectedDeliveries": 10,
+        "cpuUsPerDelivery": cpu,
+        "kernelShare": 0.5,
+        "latencyMs": {"p50": 1.0, "p90": 2.0, "p99": p99, "max": 9.0},
+        "lost": lost,
+        "duplicates": 0,
+        "outOfOrder": 0,
+        "closes": {"4008": 1},
+        "clientCpuUsPerDelivery": 5.0,
     }
 
 
@@ -229,9 +257,16 @@ def test_report_takes_medians_worst_losses_and_ratios_to_the_floor(tmp_path: Pat
     assert paced["lost"] == 3
     assert paced["closes"] == {"4008": 2}
     meta = {
-        "started": "2026-11-25T17:00:00+00:00", "command": "python -m bench", "mode": "full",
-        "runs": 2, "sizes": {"paced_watchers": 1000, "burst_watchers": 5000,
-                             "routing_events": 1000, "routing_watchers": 5},
+        "started": "2026-11-25T17:00:00+00:00",
+        "command": "python -m bench",
+        "mode": "full",
+        "runs": 2,
+        "sizes": {
+            "paced_watchers": 1000,
+            "burst_watchers": 5000,
+            "routing_events": 1000,
+            "routing_watchers": 5,
+        },
         "machine": {"cpus": 2, "cpuModel": "cpu", "kernel": "6", "python": "3.11"},
     }
     paths = report.write(tmp_path / "run", {"meta": meta, "summary": summary, "runs": runs})

@@ -23,15 +23,16 @@ from gateway.cluster_slots import parse_cluster_slots
 from shared.channels import event_channel
 from tests.support.processes import ServiceProcess
 from tests.support.redis_cluster import RedisClusterServers, cluster_skip_reason
-from tests.support.wait import async_wait_until
 from tests.support.watching import (
     BookingLoad,
     RecordingWatcher,
     Watchers,
     create_event,
+    diagnostics,
     event_state,
     reaches,
     report,
+    until,
 )
 from tests.support.ws_client import WsClient
 
@@ -127,18 +128,12 @@ def stack(
     return Stack(cluster, api, gateways, token(1, admin=True), [token(100 + n) for n in range(8)])
 
 
-async def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    async def condition() -> bool:
-        return check()
-
-    await async_wait_until(condition, timeout=timeout, what=what)
-
-
-async def _finish(watchers: Watchers, load: BookingLoad, api_url: str, event_id: int) -> None:
+async def _finish(stack: Stack, watchers: Watchers, load: BookingLoad, event_id: int) -> None:
     """Stop booking, wait for every watcher to reach the final seq, check exactly-once."""
     load.stop()
-    final = await event_state(api_url, event_id)
-    await _until(lambda: watchers.all_reached(final["seq"]), 60, f"every watcher at {final}")
+    final = await event_state(stack.api.http_url, event_id)
+    explain = diagnostics(watchers, [stack.api, *stack.gateways])
+    await until(lambda: watchers.all_reached(final["seq"]), 60, f"all at {final}", explain)
     await watchers.stop()
     watchers.assert_exactly_once(final["seq"], final["availableSeats"])
 
@@ -149,10 +144,10 @@ async def test_bookings_reach_watchers_on_both_replicas_over_sharded_pubsub(stac
     SUBSCRIBE), and `since` replays from the shard's history."""
     event_id = await create_event(stack.api.http_url, stack.admin)
     watchers = stack.watchers(event_id).start()
-    await _until(watchers.all_subscribed, 30, "watchers subscribed")
+    await until(watchers.all_subscribed, 30, "watchers subscribed")
     load = stack.load(event_id)
     await load.run(limit=40)
-    await _finish(watchers, load, stack.api.http_url, event_id)
+    await _finish(stack, watchers, load, event_id)
 
     channel = event_channel(event_id)
     owner = stack.cluster.owner(channel)
@@ -187,22 +182,27 @@ async def test_restart_of_the_owning_master_mid_stream_loses_nothing(
     idle_id = await _event_on(stack, owner)
     await stack.load(idle_id).run(limit=3)
     watchers = stack.watchers(event_id).start()
-    await _until(watchers.all_subscribed, 30, "watchers subscribed")
+    await until(watchers.all_subscribed, 30, "watchers subscribed")
     load = stack.load(event_id)
     booking = asyncio.create_task(load.run())
-    await _until(lambda: watchers.min_seq() >= 15, 30, "15 changes delivered")
+    await until(lambda: watchers.min_seq() >= 15, 30, "15 changes delivered")
 
     for _ in range(3 if request.config.getoption("--long") else 1):
         await asyncio.to_thread(stack.cluster.stop_node, owner)
         stopped_at, seen = time.monotonic(), watchers.max_seq()
         await asyncio.to_thread(stack.cluster.resume_node, owner)
         report("cluster master down (stop, start, cluster ok)", time.monotonic() - stopped_at)
-        await _until(reaches(watchers.min_seq, seen + 15), 60, "15 changes after restart")
+        await until(
+            reaches(watchers.min_seq, seen + 15),
+            60,
+            "15 changes after restart",
+            diagnostics(watchers, [stack.api, *stack.gateways]),
+        )
         report(
             "cluster master stopped -> first new message delivered",
             watchers.first_arrival_above(seen) - stopped_at,
         )
-    await _finish(watchers, load, stack.api.http_url, event_id)
+    await _finish(stack, watchers, load, event_id)
     await booking
 
     idle = await event_state(stack.api.http_url, idle_id)
@@ -223,16 +223,21 @@ async def test_slot_migration_mid_stream_moves_the_subscription(stack: Stack) ->
     source = stack.cluster.owner(channel)
     target = next(port for port in stack.cluster.ports if port != source)
     watchers = stack.watchers(event_id).start()
-    await _until(watchers.all_subscribed, 30, "watchers subscribed")
+    await until(watchers.all_subscribed, 30, "watchers subscribed")
     load = stack.load(event_id)
     booking = asyncio.create_task(load.run())
-    await _until(lambda: watchers.min_seq() >= 15, 30, "15 changes delivered")
+    await until(lambda: watchers.min_seq() >= 15, 30, "15 changes delivered")
 
     moving_at, seen = time.monotonic(), watchers.max_seq()
     await asyncio.to_thread(stack.cluster.move_slot, key_slot(channel.encode()), target)
     moved_at = time.monotonic()
     report("slot migration (IMPORTING .. SETSLOT NODE on all)", moved_at - moving_at)
-    await _until(lambda: watchers.min_seq() >= seen + 15, 60, "15 changes after the move")
+    await until(
+        lambda: watchers.min_seq() >= seen + 15,
+        60,
+        "15 changes after the move",
+        diagnostics(watchers, [stack.api, *stack.gateways]),
+    )
     report(
         "slot moved -> every watcher got its next change",
         max(w.received_after(moved_at) or moved_at for w in watchers.watchers) - moved_at,
@@ -240,7 +245,7 @@ async def test_slot_migration_mid_stream_moves_the_subscription(stack: Stack) ->
     assert stack.cluster.owner(channel) == target
     assert stack.cluster.shard_subscribers(target, channel) == (2, 0)
     assert stack.cluster.shard_subscribers(source, channel) == (0, 0)
-    await _finish(watchers, load, stack.api.http_url, event_id)
+    await _finish(stack, watchers, load, event_id)
     await booking
 
 
@@ -252,12 +257,12 @@ async def test_subscribing_after_an_unseen_slot_move_follows_moved(stack: Stack)
     target = next(port for port in stack.cluster.ports if port != stack.cluster.owner(channel))
     await asyncio.to_thread(stack.cluster.move_slot, key_slot(channel.encode()), target)
     watchers = stack.watchers(event_id).start()
-    await _until(watchers.all_subscribed, 30, "watchers subscribed after MOVED")
+    await until(watchers.all_subscribed, 30, "watchers subscribed after MOVED")
     assert stack.cluster.shard_subscribers(target, channel) == (2, 0)
     assert all("MovedError" in gateway.logs() for gateway in stack.gateways)
     load = stack.load(event_id)
     await load.run(limit=10)
-    await _finish(watchers, load, stack.api.http_url, event_id)
+    await _finish(stack, watchers, load, event_id)
 
 
 async def _event_on(stack: Stack, port: int) -> int:

@@ -37,7 +37,9 @@ class Recorder:
 
 
 def change(event_id: int, seq: int) -> SeatChange:
-    return SeatChange("booking_created", event_id, f"BK-{seq:06x}", 10, 1, 100 - seq, seq, utc_now_iso())
+    return SeatChange(
+        "booking_created", event_id, f"BK-{seq:06x}", 10, 1, 100 - seq, seq, utc_now_iso()
+    )
 
 
 @pytest.fixture
@@ -139,19 +141,25 @@ async def test_seq_jump_is_filled_from_history(
     await stop(task)
 
 
-async def test_duplicates_and_old_seqs_are_dropped(broker: RedisBroker, redis: aioredis.Redis) -> None:
+async def test_duplicates_and_old_seqs_are_dropped(
+    broker: RedisBroker, redis: aioredis.Redis
+) -> None:
     """A seq the replica already handed on is never handed on again."""
     recorder = Recorder()
     task = await running(broker, recorder)
     await broker.subscribe(5)
     for seq in (1, 2, 2, 1, 3):
         await redis.publish(event_channel(5), change(5, seq).payload())
-    await async_wait_until(_true(lambda: 3 in recorder.received.get(5, [])), timeout=10, what="seq 3")
+    await async_wait_until(
+        _true(lambda: 3 in recorder.received.get(5, [])), timeout=10, what="seq 3"
+    )
     assert recorder.received[5] == [1, 2, 3]
     await stop(task)
 
 
-async def test_malformed_publications_are_skipped(broker: RedisBroker, redis: aioredis.Redis) -> None:
+async def test_malformed_publications_are_skipped(
+    broker: RedisBroker, redis: aioredis.Redis
+) -> None:
     """Foreign or broken payloads on an event channel are ignored; the feed goes on."""
     recorder = Recorder()
     task = await running(broker, recorder)
@@ -177,7 +185,9 @@ async def test_lost_link_resubscribes_and_fills_the_gap(
         await publisher.publish(change(8, seq))
     await async_wait_until(_true(lambda: broker.connected), timeout=10, what="reconnect")
     await publisher.publish(change(8, 6))
-    await async_wait_until(_true(lambda: 6 in recorder.received.get(8, [])), timeout=10, what="seq 6")
+    await async_wait_until(
+        _true(lambda: 6 in recorder.received.get(8, [])), timeout=10, what="seq 6"
+    )
     assert recorder.received[8] == [1, 2, 3, 4, 5, 6]
     assert stats.redis_reconnects == 1
     await stop(task)
@@ -193,14 +203,18 @@ async def test_redis_restart_loses_nothing(
     publisher = Publisher(redis)
     for seq in range(1, 4):
         await publisher.publish(change(30, seq))
-    await async_wait_until(_true(lambda: recorder.received.get(30) == [1, 2, 3]), timeout=10, what="1-3")
+    await async_wait_until(
+        _true(lambda: recorder.received.get(30) == [1, 2, 3]), timeout=10, what="1-3"
+    )
     await asyncio.to_thread(redis_server.restart)
     for seq in range(4, 8):
         await publisher.publish(change(30, seq))
     await async_wait_until(_true(lambda: broker.connected), timeout=15, what="reconnect")
     for seq in range(8, 10):
         await publisher.publish(change(30, seq))
-    await async_wait_until(_true(lambda: 9 in recorder.received.get(30, [])), timeout=15, what="seq 9")
+    await async_wait_until(
+        _true(lambda: 9 in recorder.received.get(30, [])), timeout=15, what="seq 9"
+    )
     assert recorder.received[30] == list(range(1, 10))
     assert stats.redis_reconnects >= 1
     await stop(task)

@@ -10,6 +10,7 @@ nothing is left behind once every session is gone.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -29,6 +30,7 @@ from gateway.writer import Writer
 from shared.settings import gateway_settings
 from shared.tokens import Claims, TokenVerifier
 from tests.conftest import JWT_SECRET
+from tests.support.wait import async_wait_until
 
 EVENTS = range(1, 7)
 
@@ -70,7 +72,9 @@ class EmptyHistory:
         await asyncio.sleep(0)
         return EventState(seq=None, available_seats=None)
 
-    async def read(self, event_id: int, first_seq: int, last_seq: int | None = None) -> list[Publication]:
+    async def read(
+        self, event_id: int, first_seq: int, last_seq: int | None = None
+    ) -> list[Publication]:
         await asyncio.sleep(0)
         return []
 
@@ -118,7 +122,9 @@ class Client:
 
     def __init__(self, replica: Replica) -> None:
         self.socket = FakeSocket()
-        self.session = Session(self.socket, replica, Claims(user_id=1, is_admin=False, expires_at=None))  # type: ignore[arg-type]
+        self.session = Session(
+            self.socket, replica, Claims(user_id=1, is_admin=False, expires_at=None)
+        )  # type: ignore[arg-type]
         replica.add_session(self.session)
         self.task = asyncio.create_task(self._run(replica))
         self.expected = 1  # connection_established
@@ -154,7 +160,9 @@ class HubMachine(RuleBasedStateMachine):
         self.clients: list[Client] = []
 
     async def _replica(self) -> Replica:
-        return make_replica(self.broker, MAX_SUBSCRIPTIONS="3", MAX_CLIENT_MESSAGES_PER_SECOND="100000")
+        return make_replica(
+            self.broker, MAX_SUBSCRIPTIONS="3", MAX_CLIENT_MESSAGES_PER_SECOND="100000"
+        )
 
     def run(self, coroutine: Any) -> Any:
         return self.loop.run_until_complete(coroutine)
@@ -233,8 +241,18 @@ class HubMachine(RuleBasedStateMachine):
 
 TestHubMachine = HubMachine.TestCase
 TestHubMachine.settings = settings(
-    max_examples=200, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=200,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async def check() -> bool:
+        return condition()
+
+    await async_wait_until(check, timeout=5)
 
 
 async def _settle(clients: list[Client]) -> None:
@@ -265,7 +283,9 @@ async def test_concurrent_first_watchers_subscribe_once_and_wait(broker: MemoryB
     hub = Hub(broker, 1 << 20)  # type: ignore[arg-type]
     broker.gate.clear()
     tasks = [asyncio.create_task(hub.subscribe(Subscription(9, writer()))) for _ in range(20)]
-    await asyncio.sleep(0.01)  # let every task reach the hub; they must all still wait
+    await until(lambda: broker.subscribe_calls == 1)
+    for _ in range(10):  # let every task run up to the hub's lock: they must all still wait
+        await asyncio.sleep(0)
     assert not any(task.done() for task in tasks)
     broker.gate.set()
     await asyncio.gather(*tasks)
@@ -291,7 +311,7 @@ async def test_cancelled_subscribe_rolls_back(broker: MemoryBroker) -> None:
     hub = Hub(broker, 1 << 20)  # type: ignore[arg-type]
     broker.gate.clear()
     task = asyncio.create_task(hub.subscribe(Subscription(5, writer())))
-    await asyncio.sleep(0.01)  # the subscribe is now waiting on the broker
+    await until(lambda: broker.subscribed == {5})  # the subscribe waits on the broker
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -306,7 +326,12 @@ async def test_fan_out_shares_one_object_and_filters_seq(broker: MemoryBroker) -
     for watcher in watchers:
         await hub.subscribe(watcher)
         watcher.go_live()
-    first, again, older, second = publication(3, 1), publication(3, 1), publication(3, 1), publication(3, 2)
+    first, again, older, second = (
+        publication(3, 1),
+        publication(3, 1),
+        publication(3, 1),
+        publication(3, 2),
+    )
     for item in (first, again, older, second):
         hub.handle_publication(item)
     for watcher in watchers:
@@ -380,7 +405,9 @@ async def test_writer_sends_in_order_then_closes() -> None:
     assert not out.offer(publication(7, 4))
 
 
-async def test_disconnected_sessions_release_everything(replica: Replica, broker: MemoryBroker) -> None:
+async def test_disconnected_sessions_release_everything(
+    replica: Replica, broker: MemoryBroker
+) -> None:
     """Sessions that watched several events and left leave no watcher and no broker subscription."""
     clients = [Client(replica) for _ in range(5)]
     for index, client in enumerate(clients):
@@ -394,3 +421,23 @@ async def test_disconnected_sessions_release_everything(replica: Replica, broker
     assert broker.subscribed == set()
     assert replica.hub.subscription_count == 0
 
+
+async def test_cancelled_sessions_release_everything(
+    replica: Replica, broker: MemoryBroker
+) -> None:
+    """A session whose task is cancelled (server shutdown), even mid-subscribe, leaves nothing behind."""
+    settled, stuck = Client(replica), Client(replica)
+    settled.send({"type": "subscribe_event", "eventId": 1})
+    await settled.settle()
+    await stuck.settle()
+    broker.gate.clear()  # the next first-watcher subscribe hangs in the broker
+    stuck.send({"type": "subscribe_event", "eventId": 2})
+    await until(lambda: broker.subscribed == {1, 2})
+    for client in (settled, stuck):
+        client.task.cancel()
+    for client in (settled, stuck):
+        with pytest.raises(asyncio.CancelledError):
+            await client.task
+    assert replica.hub.watched_events() == frozenset()
+    assert broker.subscribed == set()
+    assert not replica.sessions

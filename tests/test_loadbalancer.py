@@ -25,14 +25,16 @@ import pytest
 from tests.support.manifests import write_nginx_config
 from tests.support.ports import free_port
 from tests.support.processes import ServiceProcess
-from tests.support.wait import async_wait_until, wait_until
+from tests.support.wait import wait_until
 from tests.support.watching import (
     BookingLoad,
     RecordingWatcher,
     Watchers,
     create_event,
+    diagnostics,
     event_state,
     report,
+    until,
 )
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
@@ -134,13 +136,6 @@ def connections(replica: ServiceProcess) -> int:
     return int(float(match.group(1)))
 
 
-async def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    async def condition() -> bool:
-        return check()
-
-    await async_wait_until(condition, timeout=timeout, what=what)
-
-
 async def test_sigterm_behind_nginx_moves_clients_to_the_other_replicas_losing_nothing(
     nginx: Nginx, replicas: list[ServiceProcess], token: Callable[..., str]
 ) -> None:
@@ -151,7 +146,7 @@ async def test_sigterm_behind_nginx_moves_clients_to_the_other_replicas_losing_n
     watchers = Watchers(
         [RecordingWatcher([nginx.ws_url], token(1000 + n), event_id) for n in range(CLIENTS)]
     ).start()
-    await _until(watchers.all_subscribed, 60, f"{CLIENTS} clients subscribed through nginx")
+    await until(watchers.all_subscribed, 60, f"{CLIENTS} clients subscribed through nginx")
     spread = [await asyncio.to_thread(connections, r) for r in replicas]
     assert sum(spread) == CLIENTS
     assert all(count > 0 for count in spread), spread
@@ -159,7 +154,7 @@ async def test_sigterm_behind_nginx_moves_clients_to_the_other_replicas_losing_n
     users = [token(2000 + n) for n in range(8)]
     load = BookingLoad(nginx.http_url, users, event_id, interval=0.03)
     booking = asyncio.create_task(load.run())
-    await _until(lambda: watchers.min_seq() >= 10, 60, "10 changes delivered")
+    await until(lambda: watchers.min_seq() >= 10, 60, "10 changes delivered")
 
     victim = replicas[0]
     victim.signal(signal.SIGTERM)
@@ -168,7 +163,8 @@ async def test_sigterm_behind_nginx_moves_clients_to_the_other_replicas_losing_n
     moved = [w for w in watchers.watchers if 1012 in w.close_codes]
     assert len(moved) == spread[0]
     assert all(w.close_codes[0] == 1012 for w in moved)
-    await _until(watchers.all_subscribed, 30, "every client subscribed again")
+    explain = diagnostics(watchers, replicas)
+    await until(watchers.all_subscribed, 30, "every client subscribed again", explain)
     report(
         "replica SIGTERM (drain 2 s) -> all its clients resubscribed through nginx",
         max(w.subscribed_at[-1] for w in moved) - terminated_at,
@@ -181,11 +177,11 @@ async def test_sigterm_behind_nginx_moves_clients_to_the_other_replicas_losing_n
     assert sum(survivors) == CLIENTS
 
     seen = watchers.max_seq()
-    await _until(lambda: watchers.min_seq() >= seen + 10, 60, "changes after the drain")
+    await until(lambda: watchers.min_seq() >= seen + 10, 60, "changes after the drain", explain)
     load.stop()
     await booking
     final = await event_state(nginx.http_url, event_id)
-    await _until(lambda: watchers.all_reached(final["seq"]), 60, f"every client at {final}")
+    await until(lambda: watchers.all_reached(final["seq"]), 60, f"all at {final}", explain)
     await watchers.stop()
     watchers.assert_exactly_once(final["seq"], final["availableSeats"])
     assert load.failures == []

@@ -240,7 +240,9 @@ def write_nginx_config(
         f"error_log {directory / 'error.log'} info;\n"
         f"events {{ worker_connections {worker_connections}; }}\n"
         "http {\n"
-        f"    access_log {directory / 'access.log'};\n"
+        # $uri, never $request: WebSocket URLs carry ?token=<jwt>.
+        "    log_format seatcast '$remote_addr $request_method $uri $status';\n"
+        f"    access_log {directory / 'access.log'} seatcast;\n"
         f"    client_body_temp_path {temp['body']};\n"
         f"    proxy_temp_path {temp['proxy']};\n"
         f"    fastcgi_temp_path {temp['fastcgi']};\n"

@@ -22,7 +22,9 @@ MIN_MAJOR = 7
 
 
 def _server_major(binary: str) -> int:
-    output = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+    output = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, check=True
+    ).stdout
     match = re.search(r"v=(\d+)\.", output)
     return int(match.group(1)) if match else 0
 
@@ -54,12 +56,31 @@ class RedisClusterServers:
     def start_node(self, port: int) -> None:
         node_dir = Path(self._dir.name) / str(port)
         node_dir.mkdir(exist_ok=True)
-        args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--cluster-enabled", "yes", "--dir", str(node_dir),
-                "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
-                # Explicit bus port: the default (port + 10000) overflows for high free ports.
-                "--cluster-port", str(self.bus_ports[port])]
-        self.processes[port] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        args = [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--cluster-enabled",
+            "yes",
+            "--dir",
+            str(node_dir),
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+            # Explicit bus port: the default (port + 10000) overflows for high free ports.
+            "--cluster-port",
+            str(self.bus_ports[port]),
+        ]
+        self.processes[port] = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_until(lambda: self._answers(port), timeout=10, what=f"cluster node {port}")
 
     def _answers(self, port: int) -> bool:
@@ -73,8 +94,20 @@ class RedisClusterServers:
         for port in self.ports:
             self.start_node(port)
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
-        subprocess.run(["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0",
-                        "--cluster-yes"], check=True, capture_output=True, timeout=30)
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *nodes,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
         wait_until(self._healthy, timeout=20, what="cluster state ok on every node")
 
     def _healthy(self) -> bool:

@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,9 @@ import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from tests.support.processes import ServiceProcess
+from tests.support.wait import async_wait_until
 
 CHANGE_TYPES = frozenset({"booking_created", "booking_cancelled"})
 # Reconnect backoff: full jitter between 0 and min(cap, base * 2**attempt).
@@ -166,6 +170,17 @@ class Watchers:
     def all_reached(self, seq: int) -> bool:
         return all(w.last_seq is not None and w.last_seq >= seq for w in self.watchers)
 
+    def describe(self) -> str:
+        """Where the watchers stand, for a failure message."""
+        last = Counter(w.last_seq for w in self.watchers).most_common(8)
+        codes = Counter(c for w in self.watchers for c in w.close_codes).most_common(8)
+        errors = [e for w in self.watchers for e in w.errors][:3]
+        subscribed = sum(w.subscribed for w in self.watchers)
+        return (
+            f"{len(self.watchers)} watchers, {subscribed} subscribed; last seq (seq, watchers): "
+            f"{last}; close codes: {codes}; errors: {errors}"
+        )
+
     def min_seq(self) -> int:
         return min((w.last_seq or 0) for w in self.watchers)
 
@@ -292,3 +307,37 @@ def report(what: str, seconds: float) -> None:
 def reaches(value: Callable[[], int], level: int) -> Callable[[], bool]:
     """A condition: `value()` is at least `level` (binds `level` now, unlike a lambda in a loop)."""
     return lambda: value() >= level
+
+
+async def until(
+    check: Callable[[], bool], timeout: float, what: str, explain: Callable[[], str] | None = None
+) -> None:
+    """Wait for `check()`; on timeout fail with what `explain()` says about the state."""
+
+    async def condition() -> bool:
+        return check()
+
+    try:
+        await async_wait_until(condition, timeout=timeout, what=what)
+    except TimeoutError as error:
+        if explain is None:
+            raise
+        raise AssertionError(f"{error}\n{explain()}") from None
+
+
+def diagnostics(watchers: Watchers, processes: Sequence[ServiceProcess]) -> Callable[[], str]:
+    """An `explain` for `until`: the watchers' state and each process's latest problems."""
+
+    def explain() -> str:
+        lines = [watchers.describe()]
+        for process in processes:
+            problems = [
+                line
+                for line in process.logs().splitlines()
+                if '"level":"warning"' in line or '"level":"error"' in line
+            ]
+            lines.append(f"--- {process.module} on port {process.port}: warnings and errors")
+            lines.extend(line[:400] for line in problems[-15:])
+        return "\n".join(lines)
+
+    return explain
