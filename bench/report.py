@@ -201,7 +201,8 @@ def _detail_table(summary: Summary) -> list[str]:
                     [
                         scenario,
                         server,
-                        f"{_number(result['delivered'], 0)} / {_number(result['expectedDeliveries'], 0)}",
+                        f"{_number(result['delivered'], 0)}"
+                        f" / {_number(result['expectedDeliveries'], 0)}",
                         _number(result["cpuUsPerDelivery"], 1),
                         f"{result['kernelShare']:.0%}",
                         _number(result.get("ratioToFloor"), 2),
