@@ -213,7 +213,8 @@ def test_a_booking_clicked_in_one_page_updates_both_replicas_within_a_second(
         stack.book(user_id, seats)
     sync_api.expect(first.locator("#seat-count")).to_have_text("190", timeout=5000)
     ARTIFACTS.mkdir(exist_ok=True)
-    first.screenshot(path=str(ARTIFACTS / "demo.png"))
+    # Finish the feed's entry animation, or fresh entries are captured transparent.
+    first.screenshot(path=str(ARTIFACTS / "demo.png"), animations="disabled")
 
 
 def test_a_page_whose_replica_stops_fails_over_and_misses_nothing(
