@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
+import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from shared.tokens import mint_token
+from tests.support.api_client import running_app, settings_for
 from tests.support.postgres import PostgresServer
 from tests.support.processes import ServiceProcess
 from tests.support.redis_server import RedisServer
@@ -44,6 +47,21 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client of this test's private Redis."""
+    client = aioredis.Redis(port=redis_server.port)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def client(database_url: str, redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of an in-process booking API (lifespan run) on real PostgreSQL and Redis."""
+    async with running_app(settings_for(database_url, redis_url)) as client:
+        yield client
 
 
 @pytest.fixture

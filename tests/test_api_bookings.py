@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -13,18 +13,10 @@ from tests.support.api_client import (
     ChannelListener,
     bearer,
     create_event,
-    running_app,
-    settings_for,
 )
 from tests.support.wait import async_wait_until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def client(database_url: str, redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_app(settings_for(database_url, redis_url)) as client:
-        yield client
 
 
 @pytest.fixture

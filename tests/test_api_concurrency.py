@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import asyncpg
 import httpx
@@ -15,19 +15,11 @@ from tests.support.api_client import (
     bearer,
     create_event,
     history,
-    running_app,
-    settings_for,
 )
 from tests.support.redis_server import RedisServer
 from tests.support.wait import async_wait_until
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-async def client(database_url: str, redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_app(settings_for(database_url, redis_url)) as client:
-        yield client
 
 
 async def test_hundred_concurrent_bookings_on_twenty_seats(

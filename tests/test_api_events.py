@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import httpx
 import pytest
 
-from tests.support.api_client import bearer, create_event, running_app, settings_for
+from tests.support.api_client import bearer, create_event
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def client(database_url: str, redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_app(settings_for(database_url, redis_url)) as client:
-        yield client
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:

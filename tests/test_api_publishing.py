@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import asyncpg
 import httpx
@@ -15,8 +15,6 @@ from tests.support.api_client import (
     bearer,
     create_event,
     history,
-    running_app,
-    settings_for,
     state,
 )
 from tests.support.processes import ServiceProcess
@@ -24,12 +22,6 @@ from tests.support.redis_server import RedisServer
 from tests.support.wait import async_wait_until, wait_until
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def client(database_url: str, redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_app(settings_for(database_url, redis_url)) as client:
-        yield client
 
 
 async def outbox_seqs(database_url: str, event_id: int) -> list[int]:

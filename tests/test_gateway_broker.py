@@ -43,13 +43,6 @@ def change(event_id: int, seq: int) -> SeatChange:
 
 
 @pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis(port=redis_server.port)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 def stats() -> Stats:
     return Stats()
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -24,13 +24,6 @@ from tests.support.wait import async_wait_until
 from tests.support.ws_client import WsClient
 
 Start = Callable[..., ServiceProcess]
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis(port=redis_server.port)
-    yield client
-    await client.aclose()
 
 
 def change(event_id: int, seq: int) -> SeatChange:

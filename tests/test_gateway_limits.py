@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import httpx
 import orjson
@@ -15,19 +15,11 @@ from websockets.exceptions import InvalidStatus
 
 from shared.publisher import Publisher
 from tests.support.processes import ServiceProcess
-from tests.support.redis_server import RedisServer
 from tests.support.wait import async_wait_until
 from tests.support.ws_client import WsClient
 
 WS_IMPLEMENTATIONS = ["websockets-sansio", "wsproto", "websockets", "fast"]
 Start = Callable[..., ServiceProcess]
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis(port=redis_server.port)
-    yield client
-    await client.aclose()
 
 
 def metric(gateway: ServiceProcess, name: str) -> float:
