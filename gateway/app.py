@@ -25,6 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.broker_cluster import ClusterBroker
 from gateway.broker_redis import RedisBroker
+from gateway.drain import SERVICE_RESTART
 from gateway.history import History
 from gateway.hub import Hub
 from gateway.replica import Replica, Runtime
@@ -34,7 +35,6 @@ from shared.settings import GatewaySettings, gateway_settings
 from shared.tokens import InvalidToken, TokenVerifier
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
-SERVICE_RESTART: Final = 1012
 TRY_AGAIN_LATER: Final = 1013
 TOKEN_REQUIRED: Final = "Authentication token required"
 TOKEN_INVALID: Final = "Invalid authentication token"
