@@ -28,7 +28,15 @@ from redis.asyncio import Redis
 from bench import report
 from bench.limits import raise_open_files
 from bench.publisher import Feed
-from bench.scenarios import DELIVERY_SCENARIOS, FULL, QUICK, Bench, Result, run_server
+from bench.scenarios import (
+    DELIVERY_SCENARIOS,
+    FULL,
+    QUICK,
+    SCENARIOS,
+    Bench,
+    Result,
+    run_server,
+)
 from bench.servers import DEFAULT_SERVERS, Backend, ServerSpec, parse_servers
 from shared.publisher import Publisher
 from tests.support.redis_server import RedisServer
@@ -47,17 +55,39 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     add("--runs", type=int, help="runs of every server (default 2, quick 1)")
     add("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
+    add(
+        "--profile",
+        action="store_true",
+        help="run each gateway under py-spy; folded stacks in <results>/profiles "
+        "(its CPU figures then include the profiler's)",
+    )
+    add(
+        "--only",
+        help="comma-separated scenarios to run: connect, idle, burst (these three go together), "
+        "paced, routing (default all)",
+    )
     add("--log-level", default="warning", help="LOG_LEVEL of the gateway (default warning)")
     args = parser.parse_args(argv)
     try:
         args.specs = parse_servers(args.servers)
     except ValueError as error:
         parser.error(str(error))
+    args.only = _scenario_names(parser, args.only)
     if args.runs is None:
         args.runs = 1 if args.quick else 2
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     return args
+
+
+def _scenario_names(parser: argparse.ArgumentParser, text: str | None) -> frozenset[str] | None:
+    if text is None:
+        return None
+    names = frozenset(name.strip() for name in text.split(",") if name.strip())
+    known = {name for names, _ in SCENARIOS for name in names}
+    if not names or not names <= known:
+        parser.error(f"--only takes some of {', '.join(sorted(known))}, not {text!r}")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     directory = args.out / started.strftime("%Y%m%d-%H%M%S")
     (directory / "logs").mkdir(parents=True, exist_ok=True)
+    args.profile_dir = directory / "profiles" if args.profile else None
+    if args.profile_dir is not None:
+        args.profile_dir.mkdir()
     meta = _meta(args, started, open_files)
     redis_server = RedisServer()
     redis_server.start()
@@ -88,12 +121,15 @@ def main(argv: list[str] | None = None) -> int:
 async def _run_all(args: argparse.Namespace, redis_url: str, log_dir: Path) -> list[dict[str, Any]]:
     redis = Redis.from_url(redis_url)
     bench = Bench(
-        backend=Backend(redis_url, secrets.token_urlsafe(32), args.log_level),
+        backend=Backend(
+            redis_url, secrets.token_urlsafe(32), args.log_level, profile_dir=args.profile_dir
+        ),
         redis=redis,
         feed=Feed(Publisher(redis)),
         sizes=QUICK if args.quick else FULL,
         log_dir=log_dir,
         event_ids=itertools.count(1),
+        only=args.only,
     )
     runs: list[dict[str, Any]] = []
     # SIGTERM cancels the run, so every server and client it started is stopped.
@@ -134,6 +170,8 @@ def _meta(args: argparse.Namespace, started: datetime, open_files: int) -> dict[
     return {
         "started": started.isoformat(timespec="seconds"),
         "command": "python -m bench" + (" --quick" if args.quick else ""),
+        "profiled": args.profile,
+        "only": sorted(args.only) if args.only is not None else None,
         "mode": "quick" if args.quick else "full",
         "runs": args.runs,
         "servers": [spec.name for spec in args.specs],

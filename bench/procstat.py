@@ -65,8 +65,7 @@ def rss_kib(status_text: str) -> int:
     return 0
 
 
-def process_tree(root: int) -> list[int]:
-    """`root` and every live descendant."""
+def _children_by_parent() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in PROC.iterdir():
         if not entry.name.isdigit():
@@ -76,12 +75,28 @@ def process_tree(root: int) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue  # the process ended while we looked
         children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is `pid`."""
+    return _children_by_parent().get(pid, [])
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every live descendant."""
+    children = _children_by_parent()
     tree, todo = [], [root]
     while todo:
         pid = todo.pop()
         tree.append(pid)
         todo.extend(children.get(pid, ()))
     return tree
+
+
+def command_line(pid: int) -> str:
+    """The command line of `pid`, its arguments joined by spaces."""
+    return (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
 
 
 def cpu(root: int) -> CpuSample:

@@ -115,6 +115,8 @@ class Bench:
     log_dir: Path
     # Fresh event ids: no scenario ever sees another's seqs.
     event_ids: Iterator[int]
+    # `--only`: the scenarios to run (a group runs when it holds one of them); None: all.
+    only: frozenset[str] | None = None
 
     def fresh_events(self, count: int) -> list[int]:
         return [next(self.event_ids) for _ in range(count)]
@@ -145,6 +147,8 @@ async def run_server(bench: Bench, spec: ServerSpec, run: int) -> dict[str, Resu
     results: dict[str, Result] = {}
     try:
         for names, scenario in SCENARIOS:
+            if bench.only is not None and bench.only.isdisjoint(names):
+                continue
             results.update(await _guarded(names, scenario, trial))
     finally:
         await client.stop()

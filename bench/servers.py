@@ -7,11 +7,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import procstat
 from shared.settings import GATEWAY_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +26,27 @@ OUTBOUND_BUFFER_BYTES = 8 << 20
 START_SECONDS = 30.0
 STOP_SECONDS = 20.0
 POLL_SECONDS = 0.05
+
+
+def profiler_command(output: Path) -> list[str]:
+    """`py-spy record` in front of a command: on-CPU samples of it and its workers.
+
+    Speedscope's format keeps the samples in order, so a scenario's part of
+    the run can be told from the connects before it; it opens in speedscope.app.
+    """
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    return [
+        py_spy,
+        "record",
+        "--rate",
+        "250",
+        "--subprocesses",
+        "--format",
+        "speedscope",
+        "--output",
+        str(output),
+        "--",
+    ]
 
 
 class ServerFailed(Exception):
@@ -73,6 +98,8 @@ class Backend:
     redis_url: str
     jwt_secret: str = field(repr=False)
     log_level: str
+    # Set by `--profile`: every gateway runs under `py-spy record`, its samples written here.
+    profile_dir: Path | None = None
 
 
 class ServerProcess:
@@ -88,8 +115,16 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
+        """The server's process: under `--profile`, the one py-spy started, not py-spy."""
         assert self._process is not None
-        return self._process.pid
+        if not self._profiled:
+            return self._process.pid
+        children = procstat.children_of(self._process.pid)
+        return children[0] if children else self._process.pid
+
+    @property
+    def _profiled(self) -> bool:
+        return self._backend.profile_dir is not None and not self.spec.is_floor
 
     @property
     def ws_url(self) -> str:
@@ -110,7 +145,14 @@ class ServerProcess:
                 "--redis-url",
                 self._backend.redis_url,
             ]
-        return [sys.executable, "-m", "gateway"]
+        command = [sys.executable, "-m", "gateway"]
+        if not self._profiled:
+            return command
+        return [*profiler_command(self._profile_path()), *command]
+
+    def _profile_path(self) -> Path:
+        assert self._backend.profile_dir is not None
+        return self._backend.profile_dir / self._log_path.with_suffix(".speedscope.json").name
 
     def _environment(self) -> dict[str, str]:
         # The gateway reads nothing of the caller's settings: only what is set here.
@@ -155,8 +197,15 @@ class ServerProcess:
         process, self._process = self._process, None
         if process is None:
             return None
-        if process.returncode is None:
+        if process.returncode is None and self._profiled:
+            # py-spy writes its samples once the gateway it started has exited;
+            # a SIGTERM to py-spy itself would lose them.
+            for child in procstat.children_of(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGTERM)
+        elif process.returncode is None:
             process.terminate()
+        if process.returncode is None:
             try:
                 await asyncio.wait_for(process.wait(), STOP_SECONDS)
             except TimeoutError:

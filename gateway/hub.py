@@ -3,7 +3,8 @@
 The hub asks the broker for an event when its first watcher arrives and drops
 it when the last one leaves, so the broker's subscriptions always equal the
 set of watched events. Fan-out never awaits: it hands the same `Publication`
-to each watcher's writer, skipping what a watcher already has.
+to each watcher's writer, skipping what a watcher already has; the flusher
+writes what the writers gathered at the end of the loop turn.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 from typing import Final
 
 from gateway.broker import Broker
+from gateway.flusher import Flusher
 from gateway.publication import Publication
 from gateway.writer import SLOW_CONSUMER, SLOW_CONSUMER_REASON, Writer
 
@@ -57,9 +59,10 @@ class Subscription:
 class Hub:
     """The watchers of each event on this replica."""
 
-    def __init__(self, broker: Broker, hold_limit_bytes: int) -> None:
+    def __init__(self, broker: Broker, hold_limit_bytes: int, flusher: Flusher) -> None:
         self._broker = broker
         self._hold_limit_bytes = hold_limit_bytes
+        self._flusher = flusher
         # event id -> its watchers (a dict as an insertion-ordered set).
         self._watchers: dict[int, dict[Subscription, None]] = {}
         self._subscription_count = 0
@@ -114,12 +117,15 @@ class Hub:
         watchers = self._watchers.get(publication.event_id)
         if watchers is None:
             return
-        limit = self._hold_limit_bytes
+        # The hot loop of every replica: `Subscription.deliver`, inlined.
+        seq = publication.seq
         for subscription in watchers:
-            if subscription.pending is None:
-                subscription.deliver(publication)
-            else:
-                subscription.hold(publication, limit)
+            if subscription.pending is not None:
+                subscription.hold(publication, self._hold_limit_bytes)
+            elif seq > subscription.last_seq:
+                subscription.last_seq = seq
+                subscription.writer.offer(publication)
+        self._flusher.fanned_out(publication)
 
     def recovery_floor(self, event_id: int) -> int | None:
         known = [s.last_seq for s in self._watchers.get(event_id, ()) if s.last_seq != UNKNOWN_SEQ]

@@ -46,7 +46,8 @@ class Metrics:
         self.registry.register(_StatsCollector(stats, gauges))
         self.delivery_latency = Histogram(
             "seatcast_gateway_delivery_latency_seconds",
-            "Time from a message's timestamp until it was written to a client socket.",
+            "Time from a message's timestamp until this replica handed it to its watchers' "
+            "connections, observed once per message.",
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )

@@ -1,13 +1,12 @@
 """What travels from Redis to sockets: one `Publication` per message, shared by all watchers.
 
 A payload is parsed once per replica (for `eventId`, `seq` and `timestamp`)
-and decoded to text once; every watcher's writer gets the same objects.
+and framed once; every watcher's writer gets the same objects.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -15,44 +14,67 @@ from gateway.fastws import text_frame
 from shared.messages import parse_iso
 
 
-@dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One text frame for a client, with its UTF-8 size for the outbound byte budget."""
+    """One text frame for a client: its JSON bytes, framed once and shared by every watcher.
 
-    text: str
-    size: int
-    # Seconds since the epoch from the payload's `timestamp`; None for replies.
-    published_at: float | None = None
-    # The ASGI send message, built once and shared by every connection.
-    asgi: dict[str, Any] = field(init=False, repr=False, compare=False)
-    # The same as one WebSocket text frame, for connections that take frames (WS_IMPL=fast).
-    frame: bytes = field(init=False, repr=False, compare=False)
+    A plain slotted class: built once per message on the fan-in path, where a
+    frozen dataclass's `__setattr__` detours cost more than the JSON parse.
+    """
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "asgi", {"type": "websocket.send", "text": self.text})
-        object.__setattr__(self, "frame", text_frame(self.text.encode()))
+    __slots__ = ("_asgi", "data", "frame", "size")
+
+    # What writing it adds to the `deliveries` count: replies are not deliveries.
+    deliveries: ClassVar[int] = 0
+
+    def __init__(self, data: bytes) -> None:
+        # Valid UTF-8 JSON text (orjson made or checked it).
+        self.data = data
+        # The outbound byte budget counts these bytes.
+        self.size = len(data)
+        # The same as one WebSocket text frame, for connections that take frames (WS_IMPL=fast).
+        self.frame = text_frame(data)
+        self._asgi: dict[str, Any] | None = None
+
+    @property
+    def text(self) -> str:
+        return self.data.decode()
+
+    @property
+    def asgi(self) -> dict[str, Any]:
+        """The ASGI send message, built once on first use and shared by every connection."""
+        if self._asgi is None:
+            self._asgi = {"type": "websocket.send", "text": self.text}
+        return self._asgi
 
 
-@dataclass(frozen=True, slots=True)
 class Publication(Outgoing):
     """A seat change of one event, as published by a booking backend."""
 
-    event_id: int = 0
-    seq: int = 0
+    __slots__ = ("event_id", "published_at", "seq")
+
+    deliveries: ClassVar[int] = 1
+
+    def __init__(
+        self, data: bytes, event_id: int, seq: int, published_at: float | None = None
+    ) -> None:
+        super().__init__(data)
+        self.event_id = event_id
+        self.seq = seq
+        # Seconds since the epoch from the payload's `timestamp`; None without one.
+        self.published_at = published_at
 
 
 def outgoing(message: dict[str, Any]) -> Outgoing:
     """A server reply encoded once."""
-    data = orjson.dumps(message)
-    return Outgoing(text=data.decode(), size=len(data))
+    return Outgoing(orjson.dumps(message))
 
 
 def parse_publication(data: bytes) -> Publication | None:
     """The publication in a Redis payload; None when it lacks a positive `eventId` and `seq`."""
     try:
+        # orjson refuses invalid UTF-8 too: the bytes are then valid text frames.
         message = orjson.loads(data)
-        text = data.decode()
-    except (orjson.JSONDecodeError, UnicodeDecodeError):
+    except orjson.JSONDecodeError:
         return None
     if not isinstance(message, dict):
         return None
@@ -61,13 +83,7 @@ def parse_publication(data: bytes) -> Publication | None:
         return None
     if not (isinstance(seq, int) and _positive_int(seq)):
         return None
-    return Publication(
-        text=text,
-        size=len(data),
-        published_at=_epoch(message.get("timestamp")),
-        event_id=event_id,
-        seq=seq,
-    )
+    return Publication(data, event_id, seq, _epoch(message.get("timestamp")))
 
 
 def _positive_int(value: object) -> bool:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.broker import Broker
+from gateway.flusher import Flusher
 from gateway.history import History
 from gateway.hub import Hub
 from gateway.metrics import Gauges, Metrics, Stats
@@ -46,6 +47,8 @@ class Replica:
     # Set by the lifespan; None before startup and after shutdown.
     runtime: Runtime | None = None
     metrics: Metrics = field(init=False)
+    # Writes each loop turn's gathered frames; shared by the hub and every writer.
+    flusher: Flusher = field(init=False)
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -57,6 +60,7 @@ class Replica:
                 events_watched=lambda: len(self.hub.watched_events()) if self.runtime else 0,
             ),
         )
+        self.flusher = Flusher(self.metrics.delivery_latency.observe)
 
     def add_session(self, session: Session) -> None:
         self.sessions.add(session)

@@ -54,7 +54,7 @@ class Session:
             websocket,
             settings.outbound_buffer_bytes,
             replica.stats,
-            replica.metrics.delivery_latency.observe,
+            replica.flusher,
             close_timeout=CLOSE_TIMEOUT_SECONDS,
             sink=frame_sink(websocket),
         )

@@ -1,24 +1,25 @@
-"""One connection's outbound queue, bounded in bytes, drained by one writer task.
+"""One connection's outbound queue, bounded in bytes.
 
 The hub only calls `offer`, which never awaits: a client that stops reading
 fills its own queue, and the overflow closes that client with 4008 from its
-writer task while everyone else keeps receiving.
+writer task while everyone else keeps receiving. With WS_IMPL=fast the queue
+is the frames gathered this loop turn plus the transport's buffer, written by
+the `Flusher`; otherwise the writer task sends the queue through the socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from starlette.websockets import WebSocketDisconnect
 
 from gateway.fastws import FrameSink
+from gateway.flusher import Flusher
 from gateway.metrics import Stats
-from gateway.publication import Outgoing, Publication
+from gateway.publication import Outgoing
 
 SLOW_CONSUMER: Final = 4008
 SLOW_CONSUMER_REASON: Final = "Slow consumer: outbound buffer overflowed"
@@ -35,29 +36,52 @@ class Socket(Protocol):
 
 
 class Writer:
-    """Queue frames for one client and write them in order from `run`."""
+    """Queue frames for one client and write them in order."""
+
+    # One per connection, touched for every delivery: slots keep it small and quick.
+    __slots__ = (
+        "_close_timeout",
+        "_flusher",
+        "_frames",
+        "_gathered_deliveries",
+        "_limit_bytes",
+        "_pending_bytes",
+        "_queue",
+        "_sink",
+        "_socket",
+        "_stats",
+        "_turn",
+        "_wakeup",
+        "close_request",
+        "peer_closed",
+    )
 
     def __init__(
         self,
         socket: Socket,
         limit_bytes: int,
         stats: Stats,
-        observe_latency: Callable[[float], None],
+        flusher: Flusher,
         close_timeout: float,
         sink: FrameSink | None = None,
     ) -> None:
         self._socket = socket
         # Set when the connection takes pre-built frames (WS_IMPL=fast): then frames are
-        # gathered in `_frames` and written together once per loop turn, with no task switch.
+        # gathered in `_frames` and the flusher writes them together at the turn's end,
+        # with no task switch. Otherwise `run` sends `_queue` through the ASGI socket.
         self._sink = sink
-        self._frames: list[Outgoing] = []
+        self._flusher = flusher
+        self._frames: list[bytes] = []
+        # The flusher's turn in which this writer last wrote at once (see `offer`).
+        self._turn = -1
+        # Publications among `_frames`: counted as deliveries once written.
+        self._gathered_deliveries = 0
         self._limit_bytes = limit_bytes
         self._stats = stats
-        self._observe_latency = observe_latency
         self._close_timeout = close_timeout
         # Frames not yet handed to the socket, oldest first.
         self._queue: deque[Outgoing] = deque()
-        # Bytes in `_queue` plus the frame being written now.
+        # Bytes in `_queue` (or `_frames`) plus the frame being written now.
         self._pending_bytes = 0
         # Set whenever there is something new for `run` to do.
         self._wakeup = asyncio.Event()
@@ -66,23 +90,30 @@ class Writer:
         # True once the reader saw the client's close: the server must not send one now.
         self.peer_closed = False
 
-    @property
-    def pending_bytes(self) -> int:
-        return self._pending_bytes
-
     def offer(self, frame: Outgoing) -> bool:
         """Queue `frame`; False when closing, or when it overflowed the buffer (then 4008)."""
         if self.close_request is not None:
             return False
-        if self._sink is not None:
-            return self._offer_frame(frame, self._sink)
+        frames = self._frames
+        if self._sink is not None and not frames and self._turn != self._flusher.turn:
+            # The first frame of a loop turn goes out at once; only what follows it
+            # in the same turn (a burst) waits for the flusher, to share one write.
+            self._turn = self._flusher.turn
+            self._write(frame.frame, frame.deliveries)
+            return self.close_request is None
         # One frame always fits, so a small buffer never refuses a lone large message.
-        if self._pending_bytes and self._pending_bytes + frame.size > self._limit_bytes:
-            self._stats.slow_consumer_closes += 1
-            self.close(SLOW_CONSUMER, SLOW_CONSUMER_REASON)
+        pending = self._pending_bytes
+        if pending and pending + frame.size > self._limit_bytes:
+            self._overflowed()
             return False
+        self._pending_bytes = pending + frame.size
+        if self._sink is not None:
+            if not frames:
+                self._flusher.gathered(self)
+            frames.append(frame.frame)
+            self._gathered_deliveries += frame.deliveries
+            return True
         self._queue.append(frame)
-        self._pending_bytes += frame.size
         self._wakeup.set()
         return True
 
@@ -96,35 +127,36 @@ class Writer:
         self._pending_bytes = 0
         self._wakeup.set()
 
-    def _offer_frame(self, frame: Outgoing, sink: FrameSink) -> bool:
-        # The transport's own buffer is the outbound queue; what waits for this loop
-        # turn's write counts too. One frame always fits.
-        pending = self._pending_bytes + sink.buffered_bytes()
-        if pending and pending + frame.size > self._limit_bytes:
-            self._stats.slow_consumer_closes += 1
-            self.close(SLOW_CONSUMER, SLOW_CONSUMER_REASON)
-            return False
-        if not self._frames:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._frames.append(frame)
-        self._pending_bytes += frame.size
-        return True
+    def _overflowed(self) -> None:
+        self._stats.slow_consumer_closes += 1
+        self.close(SLOW_CONSUMER, SLOW_CONSUMER_REASON)
 
-    def _flush(self) -> None:
-        """Write every frame gathered this loop turn in one `write()` (a burst coalesces)."""
-        frames, self._frames = self._frames, []
+    def flush(self) -> None:
+        """Write the frames gathered this loop turn in one `write()` (the flusher calls this).
+
+        The transport's own buffer is the rest of the outbound queue: what the
+        kernel has not taken yet plus this turn's frames must fit the budget.
+        """
+        frames = self._frames
+        if not frames:
+            return
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        frames.clear()
+        deliveries, self._gathered_deliveries = self._gathered_deliveries, 0
         self._pending_bytes = 0
-        if not frames or self.close_request is not None or self._sink is None:
-            return
-        data = frames[0].frame if len(frames) == 1 else b"".join([f.frame for f in frames])
-        if not self._sink.write_frames(data):
-            return
-        now = time.time()
-        for frame in frames:
-            if isinstance(frame, Publication):
-                self._stats.deliveries += 1
-                if frame.published_at is not None:
-                    self._observe_latency(now - frame.published_at)
+        self._write(data, deliveries)
+
+    def _write(self, data: bytes, deliveries: int) -> None:
+        """Write frames to the transport, unless its backlog plus them overflows (4008)."""
+        sink = self._sink
+        assert sink is not None
+        transport = sink.transport
+        backlog = transport.get_write_buffer_size()
+        if backlog and backlog + len(data) > self._limit_bytes:
+            self._overflowed()
+        elif not (sink.close_sent or transport.is_closing()):
+            transport.write(data)
+            self._stats.deliveries += deliveries
 
     async def run(self) -> None:
         """Write queued frames until a close was requested and sent, or the peer is gone."""
@@ -143,10 +175,7 @@ class Writer:
             frame = queue.popleft()
             await self._socket.send(frame.asgi)
             self._pending_bytes -= frame.size
-            if isinstance(frame, Publication):
-                self._stats.deliveries += 1
-                if frame.published_at is not None:
-                    self._observe_latency(time.time() - frame.published_at)
+            self._stats.deliveries += frame.deliveries
 
     def peer_gone(self) -> None:
         """The client closed (or vanished): stop writing and never send a close frame."""

@@ -14,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from bench import procstat, report
+from bench.__main__ import parse_args
 from bench.control import LoadClient, LoadClientError
 from bench.delivery import check_seqs, latency_summary
 from bench.frames import text_frame
@@ -221,6 +222,32 @@ def test_server_list_parses_variants_and_refuses_unknown_ones() -> None:
     for bad in ("", "nginx", "gateway:quick", "gateway:fast:two", "floor,floor"):
         with pytest.raises(ValueError, match="server"):
             parse_servers(bad)
+
+
+def test_only_picks_scenarios_and_refuses_unknown_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--only paced,routing` names scenarios; a typo stops before anything starts."""
+    assert parse_args(["--only", "paced, routing"]).only == frozenset({"paced", "routing"})
+    assert parse_args([]).only is None
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "pacing"])
+    assert "--only takes some of" in capsys.readouterr().err
+
+
+async def test_profiled_gateway_is_measured_not_its_profiler(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Under `--profile`, CPU and memory are read from the gateway, and py-spy writes its samples."""
+    backend = Backend(redis_server.url, JWT_SECRET, "warning", profile_dir=tmp_path)
+    server = ServerProcess(
+        ServerSpec("gateway:fast", "fast"), free_port(), backend, tmp_path / "g.log"
+    )
+    await server.start()
+    try:
+        assert server.pid != server._process.pid  # type: ignore[union-attr]
+        assert "gateway" in procstat.command_line(server.pid)
+    finally:
+        assert await server.stop() == 0
+    assert (tmp_path / "g.speedscope.json").stat().st_size > 0
 
 
 def _delivery(cpu: float, p99: float, lost: int = 0) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.broker_redis import RedisBroker
+from gateway.flusher import Flusher
 from gateway.history import History
 from gateway.hub import Hub, Subscription
 from gateway.metrics import Stats
@@ -83,7 +84,7 @@ async def test_redis_subscriptions_follow_random_watchers(
     broker: RedisBroker, redis: aioredis.Redis
 ) -> None:
     """Hundreds of random watch/unwatch steps: Redis's channels always settle to the watched set."""
-    hub = Hub(broker, 1 << 20)
+    hub = Hub(broker, 1 << 20, Flusher(float))
     task = await running(broker, hub)
     rnd = random.Random(1234)
     live: list[Subscription] = []
@@ -92,7 +93,9 @@ async def test_redis_subscriptions_follow_random_watchers(
         if live and rnd.random() < 0.45:
             hub.unsubscribe(live.pop(rnd.randrange(len(live))))
         else:
-            watcher = Subscription(rnd.randint(1, 12), Writer(None, 1024, stats, float, 1.0))  # type: ignore[arg-type]
+            watcher = Subscription(
+                rnd.randint(1, 12), Writer(None, 1024, stats, Flusher(float), 1.0)
+            )  # type: ignore[arg-type]
             await hub.subscribe(watcher)
             live.append(watcher)
         if step % 25 == 24:

@@ -12,11 +12,13 @@ from websockets.streams import StreamReader
 
 from gateway.broker_redis import SUBSCRIBE, RedisBroker, _Link
 from gateway.fastws import text_frame
+from gateway.flusher import Flusher
 from gateway.history import History
 from gateway.metrics import Stats
 from gateway.publication import Outgoing, Publication, outgoing
 from gateway.writer import SLOW_CONSUMER, Writer
 from shared.channels import event_channel
+from tests.support.sinks import RecordingSink, RecordingSocket
 
 
 class ScriptedConnection:
@@ -32,48 +34,19 @@ class ScriptedConnection:
         return reply
 
 
-class RecordingSocket:
-    """A Starlette-like socket that records what the writer sends."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-        self.closes: list[tuple[int, str | None]] = []
-
-    async def send(self, message: Any) -> None:
-        self.sent.append(message)
-
-    async def close(self, code: int = 1000, reason: str | None = None) -> None:
-        self.closes.append((code, reason))
-
-
-class RecordingSink:
-    """A frame sink standing in for `FastWebSocketProtocol`, with a settable kernel backlog."""
-
-    def __init__(self, buffered: int = 0) -> None:
-        self.writes: list[bytes] = []
-        self.buffered = buffered
-
-    def write_frames(self, frames: bytes) -> bool:
-        self.writes.append(frames)
-        return True
-
-    def buffered_bytes(self) -> int:
-        return self.buffered
-
-
 def _publication(seq: int, size: int = 10) -> Publication:
-    text = orjson.dumps({"eventId": 1, "seq": seq, "pad": "x" * size}).decode()
-    return Publication(text=text, size=len(text), event_id=1, seq=seq)
+    data = orjson.dumps({"eventId": 1, "seq": seq, "pad": "x" * size})
+    return Publication(data, event_id=1, seq=seq)
 
 
 def _fast_writer(sink: RecordingSink, limit: int = 1 << 20) -> tuple[Writer, Stats]:
     stats = Stats()
-    writer = Writer(RecordingSocket(), limit, stats, lambda _s: None, 1.0, sink=sink)
+    writer = Writer(RecordingSocket(), limit, stats, Flusher(float), 1.0, sink=sink)  # type: ignore[arg-type]
     return writer, stats
 
 
 async def _next_turn() -> None:
-    # The writer flushes with `call_soon`; one yield lets that callback run.
+    # The flusher writes with `call_soon`; one yield lets that callback run.
     await asyncio.sleep(0)
 
 
@@ -109,7 +82,7 @@ async def test_writer_sends_no_close_after_the_client_closed() -> None:
     every client of a mass close.
     """
     socket = RecordingSocket()
-    writer = Writer(socket, 1 << 20, Stats(), lambda _s: None, 1.0)
+    writer = Writer(socket, 1 << 20, Stats(), Flusher(float), 1.0)
     task = asyncio.create_task(writer.run())
     writer.peer_gone()
     await asyncio.wait_for(task, timeout=5)
@@ -120,7 +93,7 @@ async def test_writer_sends_no_close_after_the_client_closed() -> None:
 async def test_writer_still_closes_when_the_server_asks_first() -> None:
     """A server-side close request (e.g. a drain) still sends its close frame."""
     socket = RecordingSocket()
-    writer = Writer(socket, 1 << 20, Stats(), lambda _s: None, 1.0)
+    writer = Writer(socket, 1 << 20, Stats(), Flusher(float), 1.0)
     task = asyncio.create_task(writer.run())
     writer.close(1012, "bye")
     await asyncio.wait_for(task, timeout=5)
@@ -144,21 +117,33 @@ def test_text_frame_parses_as_one_unmasked_text_frame(size: int) -> None:
     assert frame.data == payload
 
 
-async def test_fast_writer_coalesces_one_turn_into_one_write() -> None:
-    """Frames offered in one loop turn go out as one `write()`, in order, each counted."""
+async def test_fast_writer_writes_the_first_frame_then_coalesces_the_turn() -> None:
+    """A turn's first frame goes out at once; the rest of the turn as one `write()`, in order."""
     sink = RecordingSink()
     writer, stats = _fast_writer(sink)
     frames: list[Outgoing] = [_publication(seq) for seq in range(1, 6)]
     frames.insert(2, outgoing({"type": "pong"}))
     for frame in frames:
         assert writer.offer(frame)
-    assert sink.writes == []
+    assert sink.writes == [frames[0].frame]
     await _next_turn()
-    assert sink.writes == [b"".join(f.frame for f in frames)]
+    assert sink.writes == [frames[0].frame, b"".join(f.frame for f in frames[1:])]
     assert stats.deliveries == 5
     assert writer.offer(_publication(6))
+    assert sink.writes[2] == _publication(6).frame
+    assert stats.deliveries == 6
+
+
+async def test_fast_writer_writes_nothing_after_a_close_frame() -> None:
+    """Once the protocol sent a close frame (say, uvicorn's ping timeout), no data frame follows."""
+    sink = RecordingSink()
+    writer, stats = _fast_writer(sink)
+    sink.close_sent = True
+    writer.offer(_publication(1))
+    writer.offer(_publication(2))
     await _next_turn()
-    assert sink.writes[1] == _publication(6).frame
+    assert sink.writes == []
+    assert stats.deliveries == 0
 
 
 async def test_fast_writer_closes_a_slow_consumer_by_transport_backlog() -> None:
@@ -187,6 +172,7 @@ async def test_fast_writer_drops_gathered_frames_on_close() -> None:
     sink = RecordingSink()
     writer, _stats = _fast_writer(sink)
     assert writer.offer(_publication(1))
+    assert writer.offer(_publication(2))
     writer.close(1012, "bye")
     await _next_turn()
-    assert sink.writes == []
+    assert sink.writes == [_publication(1).frame]

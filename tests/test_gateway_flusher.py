@@ -1,0 +1,141 @@
+"""The flusher (WS_IMPL=fast): one write at once per connection, the rest of a turn in one more.
+
+Pure logic on recording transports; the real sockets are in the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+import pytest
+
+from gateway.flusher import Flusher
+from gateway.hub import Hub, Subscription
+from gateway.metrics import Stats
+from gateway.publication import Publication
+from gateway.writer import SLOW_CONSUMER, Writer
+from tests.support.sinks import RecordingSink, RecordingSocket
+
+
+class NoBroker:
+    async def subscribe(self, event_id: int) -> None:
+        return None
+
+    def unsubscribe(self, event_id: int) -> None:
+        return None
+
+
+def publication(seq: int, published_at: float | None = None) -> Publication:
+    data = orjson.dumps({"eventId": 1, "seq": seq})
+    return Publication(data, event_id=1, seq=seq, published_at=published_at)
+
+
+async def live_watchers(
+    hub: Hub, flusher: Flusher, stats: Stats, count: int, limit: int = 1 << 20
+) -> list[RecordingSink]:
+    sinks = []
+    for _ in range(count):
+        sink = RecordingSink()
+        writer = Writer(RecordingSocket(), limit, stats, flusher, 1.0, sink=sink)  # type: ignore[arg-type]
+        subscription = Subscription(1, writer, last_seq=0)
+        await hub.subscribe(subscription)
+        subscription.go_live()
+        sinks.append(sink)
+    return sinks
+
+
+async def next_turn() -> None:
+    # The flusher runs with `call_soon`; one yield lets it run.
+    await asyncio.sleep(0)
+
+
+async def test_a_burst_costs_each_watcher_two_writes_in_order() -> None:
+    """Fifty messages in one turn: the first written at once, the other 49 joined into one write."""
+    flusher, stats = Flusher(float), Stats()
+    hub = Hub(NoBroker(), 1 << 20, flusher)  # type: ignore[arg-type]
+    sinks = await live_watchers(hub, flusher, stats, 3)
+    burst = [publication(seq) for seq in range(1, 51)]
+    for item in burst:
+        hub.handle_publication(item)
+    assert all(sink.writes == [burst[0].frame] for sink in sinks)
+    await next_turn()
+    rest = b"".join(item.frame for item in burst[1:])
+    assert all(sink.writes == [burst[0].frame, rest] for sink in sinks)
+    assert stats.deliveries == 150
+
+
+async def test_each_turn_starts_with_a_write_at_once() -> None:
+    """Paced messages, one per turn, each go out at once: one write per message per watcher."""
+    flusher, stats = Flusher(float), Stats()
+    hub = Hub(NoBroker(), 1 << 20, flusher)  # type: ignore[arg-type]
+    [sink] = await live_watchers(hub, flusher, stats, 1)
+    for seq in range(1, 4):
+        hub.handle_publication(publication(seq))
+        assert len(sink.writes) == seq
+        await next_turn()
+    assert sink.writes == [publication(seq).frame for seq in range(1, 4)]
+
+
+async def test_latency_is_observed_once_per_message_not_per_watcher() -> None:
+    """Ten watchers, three messages: three observations, each after the turn's writes."""
+    observed: list[float] = []
+    flusher, stats = Flusher(observed.append), Stats()
+    hub = Hub(NoBroker(), 1 << 20, flusher)  # type: ignore[arg-type]
+    await live_watchers(hub, flusher, stats, 10)
+    for seq in range(1, 4):
+        hub.handle_publication(publication(seq, published_at=1.0))
+    hub.handle_publication(publication(4, published_at=None))
+    assert observed == []
+    await next_turn()
+    assert len(observed) == 3
+    assert all(seconds > 0 for seconds in observed)
+
+
+async def test_a_turn_over_the_budget_closes_only_that_client() -> None:
+    """Backlog plus the turn's frames over the budget: 4008 for that client, the others written."""
+    flusher, stats = Flusher(float), Stats()
+    hub = Hub(NoBroker(), 1 << 20, flusher)  # type: ignore[arg-type]
+    slow, fast = await live_watchers(hub, flusher, stats, 2, limit=200)
+    hub.handle_publication(publication(1))
+    slow.transport.buffered = 190
+    for seq in range(2, 5):
+        hub.handle_publication(publication(seq))
+    await next_turn()
+    assert slow.writes == [publication(1).frame]
+    assert len(fast.writes) == 2
+    assert stats.slow_consumer_closes == 1
+    assert stats.deliveries == 1 + 4
+
+
+async def test_one_failing_connection_does_not_keep_the_others_frames(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A transport that raises is logged; every other gathered writer is still written."""
+    flusher, stats = Flusher(float), Stats()
+    hub = Hub(NoBroker(), 1 << 20, flusher)  # type: ignore[arg-type]
+    broken, healthy = await live_watchers(hub, flusher, stats, 2)
+    for seq in (1, 2):
+        hub.handle_publication(publication(seq))
+
+    def fail(data: bytes) -> None:
+        raise RuntimeError("transport gone wrong")
+
+    broken.transport.write = fail  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="gateway.flusher"):
+        await next_turn()
+    assert healthy.writes == [publication(1).frame, publication(2).frame]
+    assert "writing gathered frames failed" in caplog.text
+
+
+async def test_a_closed_writer_gathers_nothing_more() -> None:
+    """After a close request the writer refuses frames and the flusher writes none of its."""
+    flusher, stats = Flusher(float), Stats()
+    sink = RecordingSink()
+    writer = Writer(RecordingSocket(), 1 << 20, stats, flusher, 1.0, sink=sink)  # type: ignore[arg-type]
+    assert writer.offer(publication(1))
+    writer.close(SLOW_CONSUMER, "slow")
+    assert writer.offer(publication(2)) is False
+    await next_turn()
+    assert sink.writes == [publication(1).frame]
