@@ -92,6 +92,7 @@ def _scenario_names(parser: argparse.ArgumentParser, text: str | None) -> frozen
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     open_files = raise_open_files()
     started = datetime.now(UTC)
     directory = args.out / started.strftime("%Y%m%d-%H%M%S")
@@ -169,7 +170,7 @@ def _progress(
 def _meta(args: argparse.Namespace, started: datetime, open_files: int) -> dict[str, Any]:
     return {
         "started": started.isoformat(timespec="seconds"),
-        "command": "python -m bench" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python -m bench", *args.argv]),
         "profiled": args.profile,
         "only": sorted(args.only) if args.only is not None else None,
         "mode": "quick" if args.quick else "full",

@@ -176,6 +176,7 @@ def _detail_table(summary: Summary) -> list[str]:
         "scenario",
         "server",
         "deliveries",
+        "deliveries/s",
         "CPU µs/delivery",
         "kernel",
         f"{TIMES} floor",
@@ -203,6 +204,7 @@ def _detail_table(summary: Summary) -> list[str]:
                         server,
                         f"{_number(result['delivered'], 0)}"
                         f" / {_number(result['expectedDeliveries'], 0)}",
+                        _number(result.get("deliveriesPerSecond"), 0),
                         _number(result["cpuUsPerDelivery"], 1),
                         f"{result['kernelShare']:.0%}",
                         _number(result.get("ratioToFloor"), 2),

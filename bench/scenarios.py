@@ -312,6 +312,8 @@ async def deliver(trial: Trial, messages: int, publish: Callable[[], Awaitable[N
         "refusedPublishes": bench.feed.refused,
         "latencyMs": got["latencyMs"],
         "seconds": got["seconds"],
+        # Publish start to the last receipt: what the server (or the client) sustained.
+        "deliveriesPerSecond": got["delivered"] / got["seconds"] if got["seconds"] else None,
         "serverCpuSeconds": cpu.total_seconds,
         "cpuUsPerDelivery": cpu.total_seconds / delivered * 1e6,
         "kernelShare": cpu.system_share,

@@ -2,7 +2,7 @@
 
 A broker variant (`broker_redis` for one Redis, `broker_cluster` for Redis
 Cluster) owns its connections and tells this base two things: a message
-arrived on an event's channel (`_on_message`), and a subscription was
+arrived on an event's channel (`_receive`), and a subscription was
 (re-)established after the link or the shard changed (`_fill_after_reconnect`).
 Everything else, ordering per event, dropping duplicates, reading a `seq` gap
 from history, is here, once.
@@ -62,19 +62,34 @@ class BrokerBase:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
-    async def _on_message(self, channel: bytes, data: bytes) -> None:
+    def _receive(self, channel: bytes, data: bytes) -> Publication | None:
+        """Hand on a message at once, in seq order; after a seq gap, return it instead.
+
+        The common case awaits nothing: no coroutine per message. A returned
+        publication must go through `_hand_on_after_gap` before the next message.
+        """
         event_id = event_id_of_channel(channel)
         if event_id not in self._desired:
-            return
+            return None
         publication = parse_publication(data)
         if publication is None or publication.event_id != event_id:
             logger.warning("ignoring a malformed publication", extra={"eventId": event_id})
-            return
+            return None
         self._stats.messages_in += 1
         last = self._last_seq.get(event_id)
-        reference = last if last is not None else self._floor(event_id)
         if last is not None and publication.seq <= last:
-            return
+            return None
+        reference = last if last is not None else self._floor(event_id)
+        if reference is not None and publication.seq > reference + 1:
+            return publication
+        self._hand_on(publication)
+        return None
+
+    async def _hand_on_after_gap(self, publication: Publication) -> None:
+        """Read the seqs missing before `publication` from history, then hand it on."""
+        event_id = publication.event_id
+        last = self._last_seq.get(event_id)
+        reference = last if last is not None else self._floor(event_id)
         if reference is not None and publication.seq > reference + 1:
             await self._fill(event_id, reference + 1, publication.seq - 1)
         self._hand_on(publication)

@@ -388,7 +388,9 @@ class ClusterBroker(BrokerBase):
     async def _on_reply(self, link: _NodeLink, reply: list[Any]) -> None:
         kind = reply[0]
         if kind == b"smessage":
-            await self._on_message(reply[1], reply[2])
+            late = self._receive(reply[1], reply[2])
+            if late is not None:
+                await self._hand_on_after_gap(late)
         elif kind in (b"ssubscribe", b"sunsubscribe"):
             event_id = event_id_of_channel(reply[1])
             command = SSUBSCRIBE if kind == b"ssubscribe" else SUNSUBSCRIBE

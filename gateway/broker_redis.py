@@ -206,16 +206,21 @@ class RedisBroker(BrokerBase):
                 # Any reply proves the link alive: during a burst the PONG queues behind
                 # hundreds of messages the reader has not reached yet (issue 4, bug 4).
                 link.awaiting_pong = False
-                await self._on_reply(link, reply)
+                if reply[0] == b"message":
+                    # The hot path, with no coroutine of its own unless a gap needs history.
+                    late = self._receive(reply[1], reply[2])
+                    if late is None:
+                        continue
+                    await self._hand_on_after_gap(late)
+                else:
+                    await self._on_reply(link, reply)
                 _raise_if_cancelled()  # a history read may have swallowed it (see `_send`)
             elif reply == b"PONG":
                 link.awaiting_pong = False
 
     async def _on_reply(self, link: _Link, reply: list[Any]) -> None:
         kind = reply[0]
-        if kind == b"message":
-            await self._on_message(reply[1], reply[2])
-        elif kind in (b"subscribe", b"unsubscribe"):
+        if kind in (b"subscribe", b"unsubscribe"):
             event_id = event_id_of_channel(reply[1])
             if link.confirm(event_id):
                 if event_id in link.needs_fill:

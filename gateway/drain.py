@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from types import FrameType
 from typing import Final
 
 import uvicorn
 
+from gateway import heap
 from gateway.replica import Replica
 
 SERVICE_RESTART: Final = 1012
@@ -63,6 +65,11 @@ class DrainingServer(uvicorn.Server):
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)  # type: ignore[arg-type]
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # The lifespan has run: what exists now lives as long as the process.
+        heap.freeze_startup_heap()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not recording the signal: uvicorn would re-raise it after shutdown and the

@@ -64,3 +64,14 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"][FRAME_SINK_EXTENSION] = self
+            # The handshake request is read: the response to it is built and the scope
+            # has its own copy of the headers. websockets' parser would keep it, and
+            # its headers, for the connection's life (2 KiB of every idle client).
+            event.headers.clear()
+            self.request = None  # type: ignore[assignment]
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # Sent; only a rejection before accepting would still need it.
+            self.response.headers.clear()

@@ -14,6 +14,7 @@ from typing import Final
 import uvicorn
 from starlette.applications import Starlette
 
+from gateway import heap
 from gateway.app import create_app
 from gateway.drain import DrainingServer
 from shared.logs import configure, uvicorn_log_config
@@ -72,6 +73,7 @@ def serve(settings: GatewaySettings, sockets: list[socket.socket] | None = None)
         fail(f"JWT_PUBLIC_KEY: {error}")
     config = uvicorn_config(settings, app)
     logging.getLogger("uvicorn.error").addFilter(NoFrameTraces())
+    heap.tune()
     server = DrainingServer(config, app.state.replica)
     server.run(sockets)
     if not server.started:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
-import uuid
 from typing import Any, Final
 
 from redis.exceptions import RedisClusterException, RedisError
@@ -48,7 +48,7 @@ class Session:
         self._websocket = websocket
         self._replica = replica
         self.claims = claims
-        self.client_id = uuid.uuid4().hex
+        self.client_id = secrets.token_hex(16)
         settings = replica.settings
         self.writer = Writer(
             websocket,
