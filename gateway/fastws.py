@@ -14,6 +14,7 @@ import asyncio
 from typing import Any, Final, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
 
 # The scope extension under which the protocol offers itself.
 FRAME_SINK_EXTENSION: Final = "seatcast.frame_sink"
@@ -32,6 +33,8 @@ class FrameSink(Protocol):
     transport: asyncio.Transport
     # True once a close frame went out: no data frame may follow it.
     close_sent: bool
+
+    def close_now(self, code: int, reason: str) -> None: ...
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -69,6 +72,36 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
             # its headers, for the connection's life (2 KiB of every idle client).
             event.headers.clear()
             self.request = None  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        # The scope refers back to this protocol: without this cycle, a closed
+        # connection is freed by reference counting, not left for the collector.
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"].pop(FRAME_SINK_EXTENSION, None)
+
+    def close_now(self, code: int, reason: str) -> None:
+        """Send a close frame at once, without awaiting, and end the app's `receive()`.
+
+        uvicorn's `websocket.close` path, minus its wait for the transport to
+        drain: a connection needs no task of its own to close. The close frame
+        queues behind whatever the transport holds; a peer that never answers
+        it is dropped after `close_timeout` (10 s) by uvicorn's timer.
+        """
+        if self.close_sent or self.transport.is_closing():
+            return
+        try:
+            self.conn.send_close(code, reason)
+        except InvalidState:  # the client's close got here first: uvicorn answers it
+            return
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
 
     async def send(self, message: Any) -> None:
         await super().send(message)

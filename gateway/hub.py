@@ -15,7 +15,7 @@ from typing import Final
 from gateway.broker import Broker
 from gateway.flusher import Flusher
 from gateway.publication import Publication
-from gateway.writer import SLOW_CONSUMER, SLOW_CONSUMER_REASON, Writer
+from gateway.writer import SLOW_CONSUMER, SLOW_CONSUMER_REASON, Outbound
 
 # `last_seq` of a watcher that does not know its starting point yet.
 UNKNOWN_SEQ: Final = -1
@@ -27,7 +27,7 @@ class Subscription:
 
     __slots__ = ("event_id", "last_seq", "pending", "pending_bytes", "writer")
 
-    def __init__(self, event_id: int, writer: Writer, last_seq: int = UNKNOWN_SEQ) -> None:
+    def __init__(self, event_id: int, writer: Outbound, last_seq: int = UNKNOWN_SEQ) -> None:
         self.event_id = event_id
         self.writer = writer
         # The highest seq this watcher has (delivered, replayed or the state it started

@@ -93,9 +93,7 @@ async def test_redis_subscriptions_follow_random_watchers(
         if live and rnd.random() < 0.45:
             hub.unsubscribe(live.pop(rnd.randrange(len(live))))
         else:
-            watcher = Subscription(
-                rnd.randint(1, 12), Writer(None, 1024, stats, Flusher(float), 1.0)
-            )  # type: ignore[arg-type]
+            watcher = Subscription(rnd.randint(1, 12), Writer(None, 1024, stats, 1.0))  # type: ignore[arg-type]
             await hub.subscribe(watcher)
             live.append(watcher)
         if step % 25 == 24:

@@ -12,11 +12,12 @@ import orjson
 import pytest
 
 from gateway.flusher import Flusher
+from gateway.frame_writer import FrameWriter
 from gateway.hub import Hub, Subscription
 from gateway.metrics import Stats
 from gateway.publication import Publication
-from gateway.writer import SLOW_CONSUMER, Writer
-from tests.support.sinks import RecordingSink, RecordingSocket
+from gateway.writer import SLOW_CONSUMER
+from tests.support.sinks import RecordingSink
 
 
 class NoBroker:
@@ -38,7 +39,7 @@ async def live_watchers(
     sinks = []
     for _ in range(count):
         sink = RecordingSink()
-        writer = Writer(RecordingSocket(), limit, stats, flusher, 1.0, sink=sink)  # type: ignore[arg-type]
+        writer = FrameWriter(sink, limit, stats, flusher)  # type: ignore[arg-type]
         subscription = Subscription(1, writer, last_seq=0)
         await hub.subscribe(subscription)
         subscription.go_live()
@@ -133,9 +134,10 @@ async def test_a_closed_writer_gathers_nothing_more() -> None:
     """After a close request the writer refuses frames and the flusher writes none of its."""
     flusher, stats = Flusher(float), Stats()
     sink = RecordingSink()
-    writer = Writer(RecordingSocket(), 1 << 20, stats, flusher, 1.0, sink=sink)  # type: ignore[arg-type]
+    writer = FrameWriter(sink, 1 << 20, stats, flusher)  # type: ignore[arg-type]
     assert writer.offer(publication(1))
     writer.close(SLOW_CONSUMER, "slow")
     assert writer.offer(publication(2)) is False
     await next_turn()
     assert sink.writes == [publication(1).frame]
+    assert sink.closes == [(SLOW_CONSUMER, "slow")]

@@ -271,7 +271,7 @@ def replica(broker: MemoryBroker) -> Replica:
 
 
 def writer(limit: int = 1 << 20) -> Writer:
-    return Writer(FakeSocket(), limit, Stats(), Flusher(float), close_timeout=1.0)  # type: ignore[arg-type]
+    return Writer(FakeSocket(), limit, Stats(), close_timeout=1.0)  # type: ignore[arg-type]
 
 
 def publication(event_id: int, seq: int, size: int = 10) -> Publication:

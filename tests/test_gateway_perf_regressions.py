@@ -13,6 +13,7 @@ from websockets.streams import StreamReader
 from gateway.broker_redis import SUBSCRIBE, RedisBroker, _Link
 from gateway.fastws import text_frame
 from gateway.flusher import Flusher
+from gateway.frame_writer import FrameWriter
 from gateway.history import History
 from gateway.metrics import Stats
 from gateway.publication import Outgoing, Publication, outgoing
@@ -39,9 +40,9 @@ def _publication(seq: int, size: int = 10) -> Publication:
     return Publication(data, event_id=1, seq=seq)
 
 
-def _fast_writer(sink: RecordingSink, limit: int = 1 << 20) -> tuple[Writer, Stats]:
+def _fast_writer(sink: RecordingSink, limit: int = 1 << 20) -> tuple[FrameWriter, Stats]:
     stats = Stats()
-    writer = Writer(RecordingSocket(), limit, stats, Flusher(float), 1.0, sink=sink)  # type: ignore[arg-type]
+    writer = FrameWriter(sink, limit, stats, Flusher(float))  # type: ignore[arg-type]
     return writer, stats
 
 
@@ -82,7 +83,7 @@ async def test_writer_sends_no_close_after_the_client_closed() -> None:
     every client of a mass close.
     """
     socket = RecordingSocket()
-    writer = Writer(socket, 1 << 20, Stats(), Flusher(float), 1.0)
+    writer = Writer(socket, 1 << 20, Stats(), 1.0)
     task = asyncio.create_task(writer.run())
     writer.peer_gone()
     await asyncio.wait_for(task, timeout=5)
@@ -93,7 +94,7 @@ async def test_writer_sends_no_close_after_the_client_closed() -> None:
 async def test_writer_still_closes_when_the_server_asks_first() -> None:
     """A server-side close request (e.g. a drain) still sends its close frame."""
     socket = RecordingSocket()
-    writer = Writer(socket, 1 << 20, Stats(), Flusher(float), 1.0)
+    writer = Writer(socket, 1 << 20, Stats(), 1.0)
     task = asyncio.create_task(writer.run())
     writer.close(1012, "bye")
     await asyncio.wait_for(task, timeout=5)

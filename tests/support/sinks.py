@@ -43,6 +43,11 @@ class RecordingSink:
     def __init__(self, buffered: int = 0) -> None:
         self.transport = RecordingTransport(buffered)
         self.close_sent = False
+        self.closes: list[tuple[int, str]] = []
+
+    def close_now(self, code: int, reason: str) -> None:
+        self.closes.append((code, reason))
+        self.close_sent = True
 
     @property
     def writes(self) -> list[bytes]:
