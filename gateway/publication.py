@@ -6,12 +6,12 @@ and framed once; every watcher's writer gets the same objects.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, ClassVar
 
 import orjson
 
 from gateway.fastws import text_frame
-from shared.messages import parse_iso
 
 
 class Outgoing:
@@ -57,7 +57,11 @@ class Publication(Outgoing):
     def __init__(
         self, data: bytes, event_id: int, seq: int, published_at: float | None = None
     ) -> None:
-        super().__init__(data)
+        # Outgoing.__init__, inlined: this runs once per message on the fan-in path.
+        self.data = data
+        self.size = len(data)
+        self.frame = text_frame(data)
+        self._asgi = None
         self.event_id = event_id
         self.seq = seq
         # Seconds since the epoch from the payload's `timestamp`; None without one.
@@ -79,21 +83,17 @@ def parse_publication(data: bytes) -> Publication | None:
     if not isinstance(message, dict):
         return None
     event_id, seq = message.get("eventId"), message.get("seq")
-    if not (isinstance(event_id, int) and _positive_int(event_id)):
-        return None
-    if not (isinstance(seq, int) and _positive_int(seq)):
+    # `type(...) is int` also refuses booleans, which are ints to isinstance.
+    if not (type(event_id) is int and event_id > 0 and type(seq) is int and seq > 0):
         return None
     return Publication(data, event_id, seq, _epoch(message.get("timestamp")))
-
-
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _epoch(timestamp: object) -> float | None:
     if not isinstance(timestamp, str):
         return None
     try:
-        return parse_iso(timestamp).timestamp()
+        # Python 3.11 reads the `Z` suffix itself (shared.messages.iso writes it).
+        return datetime.fromisoformat(timestamp).timestamp()
     except ValueError:
         return None
