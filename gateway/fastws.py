@@ -4,8 +4,9 @@ A server's frames are unmasked, so one text frame built per message is valid
 on every connection. The protocol offers itself to the app as a `FrameSink`
 in the ASGI scope's extensions; the writer then writes whole frames (several
 coalesced into one `write()`) to its transport, instead of one `send()`
-coroutine per delivery that frames the same text again for each watcher. Everything else (handshake,
-client frames, pings, closes, the 1009 limit) stays uvicorn's.
+coroutine per delivery that frames the same text again for each watcher.
+Closes are written at once too (`close_now`). Everything else (handshake,
+client frames, pings, the 1009 limit) stays uvicorn's.
 """
 
 from __future__ import annotations

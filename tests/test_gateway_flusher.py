@@ -5,7 +5,6 @@ Pure logic on recording transports; the real sockets are in the end-to-end tests
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import orjson
@@ -18,6 +17,7 @@ from gateway.metrics import Stats
 from gateway.publication import Publication
 from gateway.writer import SLOW_CONSUMER
 from tests.support.sinks import RecordingSink
+from tests.support.wait import scheduled_callbacks_run
 
 
 class NoBroker:
@@ -48,8 +48,8 @@ async def live_watchers(
 
 
 async def next_turn() -> None:
-    # The flusher runs with `call_soon`; one yield lets it run.
-    await asyncio.sleep(0)
+    """Until the flusher, scheduled with `call_soon`, has written this turn's frames."""
+    await scheduled_callbacks_run()
 
 
 async def test_a_burst_costs_each_watcher_two_writes_in_order() -> None:

@@ -20,6 +20,7 @@ from gateway.publication import Outgoing, Publication, outgoing
 from gateway.writer import SLOW_CONSUMER, Writer
 from shared.channels import event_channel
 from tests.support.sinks import RecordingSink, RecordingSocket
+from tests.support.wait import scheduled_callbacks_run
 
 
 class ScriptedConnection:
@@ -47,8 +48,8 @@ def _fast_writer(sink: RecordingSink, limit: int = 1 << 20) -> tuple[FrameWriter
 
 
 async def _next_turn() -> None:
-    # The flusher writes with `call_soon`; one yield lets that callback run.
-    await asyncio.sleep(0)
+    """Until the flusher, scheduled with `call_soon`, has written this turn's frames."""
+    await scheduled_callbacks_run()
 
 
 async def test_any_pubsub_reply_counts_as_keepalive_answer() -> None:

@@ -36,3 +36,15 @@ async def async_wait_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(POLL_SECONDS)  # poll
+
+
+async def scheduled_callbacks_run() -> None:
+    """Return once every callback already scheduled with `call_soon` has run.
+
+    The loop runs ready callbacks in order, so a future resolved by one more
+    callback is done after all of them: a precise wait, not a guessed sleep.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    loop.call_soon(done.set_result, None)
+    await done
