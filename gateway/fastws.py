@@ -17,6 +17,8 @@ from typing import Any, Final, Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 
+from gateway.mailbox import Flag, Mailbox
+
 # The scope extension under which the protocol offers itself.
 FRAME_SINK_EXTENSION: Final = "seatcast.frame_sink"
 TEXT_OPCODE: Final = 0x81  # FIN + text
@@ -60,6 +62,13 @@ def frame_sink(connection: object) -> FrameSink | None:
 
 class FastWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O protocol that also accepts whole frames from the app."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Same use, a fifth of an idle connection's memory less (gateway/mailbox.py).
+        self.queue = Mailbox()  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
+        self.writable.set()
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
