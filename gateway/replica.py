@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.broker import Broker
+from gateway.expiry import ExpiryClock
 from gateway.flusher import Flusher
 from gateway.history import History
 from gateway.hub import Hub
@@ -49,6 +50,8 @@ class Replica:
     metrics: Metrics = field(init=False)
     # Writes each loop turn's gathered frames; shared by the hub and every writer.
     flusher: Flusher = field(init=False)
+    # Closes sessions whose token expired.
+    expiry: ExpiryClock = field(default_factory=ExpiryClock)
 
     def __post_init__(self) -> None:
         self.idle.set()

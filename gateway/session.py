@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 from typing import Any, Final
 
 from redis.exceptions import RedisClusterException, RedisError
@@ -69,8 +68,6 @@ class Session:
         self._limit = RateLimit(settings.max_client_messages_per_second)
         # event id -> this session's watch of it.
         self._subscriptions: dict[int, Subscription] = {}
-        # Closes the session when the token expires; None for a token without `exp`.
-        self._expiry: asyncio.TimerHandle | None = None
         # True once the session gave its watches back to the hub; it takes no new ones.
         self._released = False
 
@@ -101,8 +98,6 @@ class Session:
         try:
             await self._read(path_event)
         finally:
-            if self._expiry is not None:
-                self._expiry.cancel()
             self._release()
 
     async def _read_and_write(self, writer: Writer, path_event: str | None) -> None:
@@ -111,8 +106,6 @@ class Session:
         try:
             await asyncio.wait({reader, writer_task}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if self._expiry is not None:
-                self._expiry.cancel()
             reader.cancel()
             writer_task.cancel()
             try:
@@ -131,6 +124,7 @@ class Session:
 
     def _release(self) -> None:
         self._released = True
+        self._replica.expiry.forget(self)
         for subscription in self._subscriptions.values():
             self._replica.hub.unsubscribe(subscription)
         self._subscriptions.clear()
@@ -273,15 +267,15 @@ class Session:
         self._send(protocol.token_refreshed(expires_at))
 
     def _watch_expiry(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
         expires_at = self.claims.expires_at
         if expires_at is None:
-            return
-        delay = max(0.0, expires_at.timestamp() - time.time())
-        loop = asyncio.get_running_loop()
-        self._expiry = loop.call_later(delay, self.close, POLICY_VIOLATION, EXPIRED_REASON)
+            self._replica.expiry.forget(self)
+        else:
+            self._replica.expiry.watch(self, expires_at.timestamp())
+
+    def expired(self) -> None:
+        """The token's `exp` has passed (the replica's `ExpiryClock` calls this)."""
+        self.close(POLICY_VIOLATION, EXPIRED_REASON)
 
     def _send(self, message: dict[str, Any]) -> None:
         self.writer.offer(outgoing(message))
