@@ -61,14 +61,21 @@ class GatewayApp(Starlette):
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            match = WEBSOCKET_PATH.fullmatch(scope["path"])
-            if match is not None:
-                scope["app"] = self
-                scope["path_params"] = {"event_id": match[1]} if match[1] is not None else {}
-                await websocket_endpoint(WebSocket(scope, receive, send))
-                return
+        if scope["type"] == "websocket" and _route_websocket(scope):
+            scope["app"] = self
+            await websocket_endpoint(WebSocket(scope, receive, send))
+            return
         await super().__call__(scope, receive, send)
+
+
+def _route_websocket(scope: Scope) -> bool:
+    """Whether the path is one of ours; sets `path_params` as the router would."""
+    # A function of its own, so no match object stays alive in the connection's frame.
+    match = WEBSOCKET_PATH.fullmatch(scope["path"])
+    if match is None:
+        return False
+    scope["path_params"] = {"event_id": match[1]} if match[1] is not None else {}
+    return True
 
 
 def create_app(settings: GatewaySettings) -> Starlette:

@@ -46,6 +46,18 @@ logger = logging.getLogger(__name__)
 class Session:
     """An authenticated connection and what it watches."""
 
+    # One per connection, alive as long as it is.
+    __slots__ = (
+        "_limit",
+        "_released",
+        "_replica",
+        "_subscriptions",
+        "_websocket",
+        "claims",
+        "client_id",
+        "writer",
+    )
+
     def __init__(self, websocket: WebSocket, replica: Replica, claims: Claims) -> None:
         self._websocket = websocket
         self._replica = replica
@@ -79,22 +91,20 @@ class Session:
         self.writer.close(code, reason)
 
     async def run(self, path_event: str | None) -> None:
-        """Serve the connection until either side closes it."""
+        """Serve the connection until either side closes it.
+
+        With WS_IMPL=fast the handler task just reads, in this frame: closes
+        need no task (`FrameWriter.close`). Two tasks and a frame fewer per
+        connection: 5 KiB of every idle client, and less for the collector to
+        walk (issue 4's memory profile). A close request ends `receive()` with
+        a disconnect; a command awaiting Redis finishes first (at most Redis's
+        5 s timeout).
+        """
         self._send(protocol.connection_established(self.client_id, _path_event_id(path_event)))
         self._watch_expiry()
-        if isinstance(self.writer, FrameWriter):
-            await self._read_until_closed(path_event)
-        else:
+        if not isinstance(self.writer, FrameWriter):
             await self._read_and_write(self.writer, path_event)
-
-    async def _read_until_closed(self, path_event: str | None) -> None:
-        """WS_IMPL=fast: the handler task reads; closes need no task (`FrameWriter.close`).
-
-        Two tasks fewer per connection: 5 KiB of every idle client, and less
-        for the collector to walk (issue 4's memory profile). A close request
-        ends `receive()` with a disconnect; the one exception is a command
-        awaiting Redis, which finishes first (at most Redis's 5 s timeout).
-        """
+            return
         try:
             await self._read(path_event)
         finally:
