@@ -96,8 +96,8 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
 
         uvicorn's `websocket.close` path, minus its wait for the transport to
         drain: a connection needs no task of its own to close. The close frame
-        queues behind whatever the transport holds; a peer that never answers
-        it is dropped after `close_timeout` (10 s) by uvicorn's timer.
+        queues behind whatever the transport holds; a peer that has not
+        answered it after `close_timeout` (10 s) is dropped.
         """
         if self.close_sent or self.transport.is_closing():
             return
@@ -111,7 +111,9 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
-        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
+        # Not `transport.close`, which waits for the buffer to drain: a peer that never
+        # reads would keep its connection, and the frames queued for it, for good.
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
 
     async def send(self, message: Any) -> None:
         await super().send(message)

@@ -238,3 +238,59 @@ async def test_dead_peers_are_dropped(
 
     await async_wait_until(dropped, timeout=10, what="dead peer dropped")
     writer.close()
+
+
+def tcp_connections_to(port: int) -> int:
+    """Established TCP connections to `port` on this host, from /proc/net/tcp{,6}."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                local, state = line.split()[1], line.split()[3]
+                if int(local.rsplit(":", 1)[1], 16) == port and state == "01":
+                    count += 1
+    return count
+
+
+async def test_a_client_that_never_reads_is_dropped(
+    service: Start, redis_url: str, redis: aioredis.Redis, token: Callable[..., str]
+) -> None:
+    """Overflowed and sent a 4008 it never reads, a stalled client is dropped after the close timeout.
+
+    WS_IMPL=fast only: uvicorn's own implementations close with `transport.close()`,
+    which waits for a buffer this client never drains (README: Limits worth knowing).
+    """
+    gateway = service(
+        "gateway",
+        {"REDIS_URL": redis_url, "OUTBOUND_BUFFER_BYTES": "262144", "PING_INTERVAL_SECONDS": "60"},
+    )
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    await asyncio.to_thread(sock.connect, ("127.0.0.1", gateway.port))
+    request = (
+        f"GET /ws/events/78?token={token(3)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await asyncio.to_thread(sock.sendall, request.encode())
+    assert b" 101 " in await asyncio.to_thread(sock.recv, 512)
+    await metric_reaches(gateway, "seatcast_gateway_subscriptions", 1)
+    assert tcp_connections_to(gateway.port) == 1
+    publisher = Publisher(redis, history_size=50)
+    pad = "x" * 16_000
+    for seq in range(1, 601):
+        payload = orjson.dumps({"type": "booking_created", "eventId": 78, "seq": seq, "pad": pad})
+        await publisher.publish_payload(78, seq, 100, payload)
+    await metric_reaches(gateway, "seatcast_gateway_slow_consumer_disconnects_total", 1)
+
+    async def dropped() -> bool:
+        return tcp_connections_to(gateway.port) == 0
+
+    try:
+        await async_wait_until(
+            dropped, timeout=30, what="the stalled client's TCP connection dropped"
+        )
+    finally:
+        sock.close()
