@@ -54,11 +54,11 @@ class FrameWriter:
         """Write or gather `frame`; False when closing, or when it overflowed (then 4008)."""
         if self.close_request is not None:
             return False
-        frames = self._frames
-        if not frames and self._turn != self._flusher.turn:
+        frames, turn = self._frames, self._flusher.turn
+        if not frames and self._turn != turn:
             # The first frame of a loop turn goes out at once; only what follows it
             # in the same turn (a burst) waits for the flusher, to share one write.
-            self._turn = self._flusher.turn
+            self._turn = turn
             self._write(frame.frame, frame.deliveries)
             return self.close_request is None
         # One frame always fits, so a small buffer never refuses a lone large message.
