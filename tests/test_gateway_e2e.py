@@ -22,6 +22,7 @@ from shared.publisher import Publisher
 from tests.conftest import JWT_SECRET
 from tests.support.processes import ServiceProcess
 from tests.support.redis_server import RedisServer
+from tests.support.wait import scheduled_callbacks_run
 from tests.support.ws_client import WsClient
 
 CHANGE_FIELDS = {
@@ -469,7 +470,8 @@ async def test_since_merges_replay_and_live_without_gap_or_duplicate(
     async def keep_publishing() -> None:
         for seq in range(21, 121):
             await publisher.publish(change(event_id, seq))
-            await asyncio.sleep(0)
+            # Yield between publishes, so the subscribe below lands in the middle of them.
+            await scheduled_callbacks_run()
 
     async with await WsClient.open(gateway.ws_url, "/ws", token(43)) as client:
         await client.recv_type("connection_established")

@@ -20,7 +20,7 @@ from gateway.publication import Outgoing, Publication, outgoing
 from gateway.writer import SLOW_CONSUMER, Writer
 from shared.channels import event_channel
 from tests.support.sinks import RecordingSink, RecordingSocket
-from tests.support.wait import scheduled_callbacks_run
+from tests.support.wait import async_wait_until, scheduled_callbacks_run
 
 
 class ScriptedConnection:
@@ -67,8 +67,11 @@ async def test_any_pubsub_reply_counts_as_keepalive_answer() -> None:
     try:
         connection.replies.put_nowait([b"subscribe", event_channel(5).encode(), 1])
         await asyncio.wait_for(connection.handed_over.wait(), timeout=5)
-        # The reader handles the reply in the same step it got it; one more yield to be sure.
-        await asyncio.sleep(0)
+
+        async def pong_flag_cleared() -> bool:
+            return link.awaiting_pong is False
+
+        await async_wait_until(pong_flag_cleared, timeout=5, what="the keepalive flag cleared")
         assert link.awaiting_pong is False
         assert not reader.done()
     finally:
