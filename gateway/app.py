@@ -116,7 +116,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     # Cluster: sharded pub/sub, one subscription per event on the master owning its slot.
     broker_type = ClusterBroker if is_cluster_url(settings.redis_url) else RedisBroker
     broker = broker_type(settings.redis_url, history, replica.stats)
-    hub = Hub(broker, settings.outbound_buffer_bytes, replica.flusher)
+    hub = Hub(broker, settings.outbound_buffer_bytes, replica.flusher, replica.stats)
     replica.runtime = Runtime(redis=redis, history=history, broker=broker, hub=hub)
     broker_task = asyncio.create_task(broker.run(hub), name="redis-broker")
     try:

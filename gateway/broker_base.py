@@ -18,7 +18,7 @@ from gateway.broker import BrokerEventHandler
 from gateway.history import History
 from gateway.metrics import Stats
 from gateway.publication import Publication, parse_publication
-from shared.channels import event_id_of_channel
+from shared.channels import event_channel, event_id_of_channel
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ class BrokerBase:
         self._desired: set[int] = set()
         # The highest seq handed to the hub per desired event; absent until the first.
         self._last_seq: dict[int, int] = {}
+        # Channel name -> event id, for desired events that had a message: a dict lookup
+        # instead of parsing the name, once per message.
+        self._channel_events: dict[bytes, int] = {}
         # One future per event a subscriber waits on; woken on confirmation or link change.
         self._waiters: dict[int, asyncio.Future[None]] = {}
         # The hub, set by `run`; None before.
@@ -49,6 +52,12 @@ class BrokerBase:
 
     def subscribed_events(self) -> frozenset[int]:
         return frozenset(self._desired)
+
+    def _unwant(self, event_id: int) -> None:
+        """The hub no longer watches `event_id`: forget what was known of it."""
+        self._desired.discard(event_id)
+        self._last_seq.pop(event_id, None)
+        self._channel_events.pop(event_channel(event_id).encode(), None)
 
     def _waiter(self, event_id: int) -> asyncio.Future[None]:
         waiter = self._waiters.get(event_id)
@@ -68,21 +77,28 @@ class BrokerBase:
         The common case awaits nothing: no coroutine per message. A returned
         publication must go through `_hand_on_after_gap` before the next message.
         """
-        event_id = event_id_of_channel(channel)
-        if event_id not in self._desired:
-            return None
+        event_id = self._channel_events.get(channel)
+        if event_id is None:
+            event_id = event_id_of_channel(channel)
+            if event_id not in self._desired:
+                return None
+            self._channel_events[channel] = event_id
         publication = parse_publication(data)
         if publication is None or publication.event_id != event_id:
             logger.warning("ignoring a malformed publication", extra={"eventId": event_id})
             return None
         self._stats.messages_in += 1
+        seq = publication.seq
         last = self._last_seq.get(event_id)
-        if last is not None and publication.seq <= last:
+        if last is not None and seq <= last:
             return None
         reference = last if last is not None else self._floor(event_id)
-        if reference is not None and publication.seq > reference + 1:
+        if reference is not None and seq > reference + 1:
             return publication
-        self._hand_on(publication)
+        # `_hand_on`, inlined: what it checks was checked above.
+        self._last_seq[event_id] = seq
+        assert self._handler is not None
+        self._handler.handle_publication(publication)
         return None
 
     async def _hand_on_after_gap(self, publication: Publication) -> None:

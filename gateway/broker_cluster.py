@@ -182,8 +182,7 @@ class ClusterBroker(BrokerBase):
             ) from None
 
     def unsubscribe(self, event_id: int) -> None:
-        self._desired.discard(event_id)
-        self._last_seq.pop(event_id, None)
+        self._unwant(event_id)
         self._stray.discard(event_id)
         address = self._route.pop(event_id, None)
         link = self._links.get(address) if address is not None else None

@@ -1,21 +1,25 @@
 """The broker over one Redis pub/sub connection per replica (plain Redis, not Cluster).
 
-One task owns the connection for its lifetime (a `_Link`): a reader that
-handles every reply in order, a sender that writes SUBSCRIBE/UNSUBSCRIBE
-commands, and a keepalive that PINGs. When any of them fails the link is
-dropped, and `run` reconnects with backoff, subscribes every watched event
-again and, as each subscription is confirmed, reads what was published
-meanwhile from the event's history. The reader is the only place that hands
-publications to the hub, so order per event holds even across gap fills.
+One task owns the connection for its lifetime (a `_Link`). redis-py
+connects it, then a `ReplyStream` takes its socket over: replies are
+handled in `data_received` as they arrive, commands (SUBSCRIBE, UNSUBSCRIBE,
+the keepalive PING) are written at once. A message is handed to the hub in
+that same callback, unless a seq gap or a re-subscription needs history:
+then the link's catch-up task reads it, and the replies arriving meanwhile
+wait behind it in order, so order per event holds even across gap fills.
+When the connection fails, `run` reconnects with backoff, subscribes every
+watched event again and, as each subscription is confirmed, reads what was
+published meanwhile from the event's history.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections.abc import Coroutine, Iterable
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from functools import partial
 from typing import Any, Final
 
 from redis.asyncio import ConnectionPool
@@ -27,6 +31,7 @@ from gateway.broker import BrokerEventHandler, BrokerUnavailable
 from gateway.broker_base import BrokerBase
 from gateway.history import History
 from gateway.metrics import Stats
+from gateway.reply_stream import ReplyStream
 from shared.channels import event_channel, event_id_of_channel
 from shared.logs import redact
 
@@ -39,24 +44,30 @@ HEALTHY_LINK_SECONDS: Final = 2.0
 
 logger = logging.getLogger(__name__)
 
+# Work a reply leaves for the catch-up task: made into a coroutine only when it runs.
+Step = Callable[[], Coroutine[Any, Any, None]]
+
 
 class _Link:
     """One pub/sub connection's lifetime, and what was asked of it."""
 
-    def __init__(self, connection: AbstractConnection) -> None:
-        self.connection = connection
-        # Commands for the sender task: (SUBSCRIBE|UNSUBSCRIBE|PING, channels).
-        self.outbox: asyncio.Queue[tuple[str, tuple[str, ...]]] = asyncio.Queue()
+    def __init__(self) -> None:
+        # Set by `RedisBroker._serve_link` once redis-py has connected.
+        self.stream: ReplyStream | None = None
         # Events whose latest command on this link is SUBSCRIBE.
         self.wanted: set[int] = set()
-        # Commands sent or queued per event whose confirmation has not arrived.
+        # Commands sent per event whose confirmation has not arrived.
         self.unconfirmed: dict[int, int] = {}
         # Events Redis has confirmed, with nothing newer outstanding.
         self.confirmed: set[int] = set()
         # Events re-subscribed after a reconnect: read history once confirmed.
         self.needs_fill: set[int] = set()
-        # True from a keepalive PING until its PONG.
+        # True from a keepalive PING until any reply arrives.
         self.awaiting_pong = False
+        # Replies that arrived while an earlier one awaits history, oldest first.
+        self.backlog: deque[Any] = deque()
+        # The task awaiting history for a reply, then working off `backlog`; None when idle.
+        self.catching_up: asyncio.Task[None] | None = None
 
     def request(self, command: str, events: Iterable[int]) -> None:
         batch = tuple(events)
@@ -69,7 +80,8 @@ class _Link:
                 self.wanted.add(event_id)
             else:
                 self.wanted.discard(event_id)
-        self.outbox.put_nowait((command, tuple(event_channel(e) for e in batch)))
+        assert self.stream is not None
+        self.stream.send(command, *(event_channel(e) for e in batch))
 
     def confirm(self, event_id: int) -> bool:
         """Count one confirmation; True when the event is now subscribed and settled."""
@@ -82,6 +94,15 @@ class _Link:
             self.confirmed.add(event_id)
             return True
         return False
+
+    async def close(self) -> None:
+        """Stop catching up and drop the connection."""
+        task = self.catching_up
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        if self.stream is not None:
+            self.stream.close()
 
 
 class RedisBroker(BrokerBase):
@@ -131,8 +152,7 @@ class RedisBroker(BrokerBase):
             ) from None
 
     def unsubscribe(self, event_id: int) -> None:
-        self._desired.discard(event_id)
-        self._last_seq.pop(event_id, None)
+        self._unwant(event_id)
         link = self._link
         if link is not None and event_id in link.wanted:
             link.request(UNSUBSCRIBE, [event_id])
@@ -161,9 +181,10 @@ class RedisBroker(BrokerBase):
 
     async def _serve_link(self) -> None:
         connection: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        link = _Link()
         try:
             await connection.connect()  # type: ignore[no-untyped-call]
-            link = _Link(connection)
+            link.stream = ReplyStream.take_over(connection, partial(self._on_reply, link))
             reconnect = bool(self._desired)
             link.needs_fill.update(self._desired)
             for batch in _batches(sorted(self._desired), RESUBSCRIBE_BATCH):
@@ -172,63 +193,76 @@ class RedisBroker(BrokerBase):
             if reconnect:
                 self._stats.redis_reconnects += 1
             logger.info("redis pub/sub link up", extra={"events": len(self._desired)})
-            await _until_one_fails(self._read(link), self._send(link), self._keepalive(link))
+            await _until_one_fails(_until_failed(link.stream), self._keepalive(link))
         finally:
             self._link = None
             self._wake(self._waiters)
+            await link.close()
             await connection.disconnect(nowait=True)
 
-    async def _send(self, link: _Link) -> None:
-        while True:
-            command, channels = await link.outbox.get()
-            # redis-py reconnects a closed connection on send, behind our back (and a
-            # connect that times out while cancelled can swallow the cancellation): a
-            # closed link must end here and be replaced by `run`, re-subscribed and filled.
-            if not link.connection.is_connected:
-                raise ConnectionError("the pub/sub connection is closed")
-            await link.connection.send_command(command, *channels, check_health=False)
-            # Python 3.11's wait_for, inside redis-py, drops a cancellation that races a
-            # completed send; without this the task group would wait for us forever.
-            _raise_if_cancelled()
-
     async def _keepalive(self, link: _Link) -> None:
+        assert link.stream is not None
         while True:
             await asyncio.sleep(self._keepalive_interval)
             if link.awaiting_pong:
                 raise ConnectionError("Redis did not answer PING")
             link.awaiting_pong = True
-            link.outbox.put_nowait(("PING", ()))
+            link.stream.send("PING")
 
-    async def _read(self, link: _Link) -> None:
-        while True:
-            reply = await link.connection.read_response(timeout=math.inf, disconnect_on_error=False)
-            if isinstance(reply, list) and reply:
-                # Any reply proves the link alive: during a burst the PONG queues behind
-                # hundreds of messages the reader has not reached yet (issue 4, bug 4).
-                link.awaiting_pong = False
-                if reply[0] == b"message":
-                    # The hot path, with no coroutine of its own unless a gap needs history.
-                    late = self._receive(reply[1], reply[2])
-                    if late is None:
-                        continue
-                    await self._hand_on_after_gap(late)
-                else:
-                    await self._on_reply(link, reply)
-                _raise_if_cancelled()  # a history read may have swallowed it (see `_send`)
-            elif reply == b"PONG":
-                link.awaiting_pong = False
+    def _on_reply(self, link: _Link, reply: Any) -> None:
+        """Every reply, in order, as it arrives (`ReplyStream.data_received` calls this)."""
+        # Any reply proves the link alive: during a burst the PONG queues behind
+        # hundreds of messages not handled yet (issue 4, bug 4).
+        link.awaiting_pong = False
+        if link.catching_up is not None:
+            link.backlog.append(reply)
+            return
+        step = self._handle(link, reply)
+        if step is not None:
+            link.catching_up = asyncio.create_task(self._catch_up(link, step))
 
-    async def _on_reply(self, link: _Link, reply: list[Any]) -> None:
+    def _handle(self, link: _Link, reply: Any) -> Step | None:
+        """Act on one reply at once; what needs history comes back as a step to await."""
+        if not isinstance(reply, list) or not reply:
+            return None  # PONG outside pub/sub mode: liveness only
         kind = reply[0]
+        if kind == b"message":
+            # The hot path, with no coroutine of its own unless a gap needs history.
+            late = self._receive(reply[1], reply[2])
+            return None if late is None else partial(self._hand_on_after_gap, late)
         if kind in (b"subscribe", b"unsubscribe"):
             event_id = event_id_of_channel(reply[1])
             if link.confirm(event_id):
                 if event_id in link.needs_fill:
                     link.needs_fill.discard(event_id)
-                    await self._fill_after_reconnect(event_id)
+                    return partial(self._fill_then_wake, event_id)
                 self._wake([event_id])
-        elif kind == b"pong":
-            link.awaiting_pong = False
+        return None
+
+    async def _fill_then_wake(self, event_id: int) -> None:
+        await self._fill_after_reconnect(event_id)
+        self._wake([event_id])
+
+    async def _catch_up(self, link: _Link, step: Step) -> None:
+        """Await `step`, then handle the replies that queued meanwhile, in order."""
+        try:
+            await step()
+            _raise_if_cancelled()  # a history read may have swallowed it (redis-py's wait_for)
+            while link.backlog:
+                following = self._handle(link, link.backlog.popleft())
+                if following is not None:
+                    await following()
+                    _raise_if_cancelled()
+        except Exception as error:
+            # History failed: end the link; the reconnect fills the gap from history again.
+            assert link.stream is not None
+            link.stream.fail(error)
+        finally:
+            link.catching_up = None
+
+
+async def _until_failed(stream: ReplyStream) -> None:
+    raise await stream.failed
 
 
 async def _until_one_fails(*steps: Coroutine[Any, Any, None]) -> None:

@@ -6,6 +6,10 @@ at once; what follows in the same turn is gathered and written in one more
 its backlog plus what waits for this turn must fit OUTBOUND_BUFFER_BYTES, or
 the client is closed with 4008. A close request writes the close frame at
 once (`FrameSink.close_now`), which also ends the session's reading.
+
+The writer also decides when the hub may bypass it (`Subscription.direct`):
+while it is open and holds no gathered frames, a publication written
+straight to the transport cannot overtake anything of this writer's.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from gateway.fastws import FrameSink
 from gateway.flusher import Flusher
 from gateway.metrics import Stats
 from gateway.publication import Outgoing
-from gateway.writer import SLOW_CONSUMER, SLOW_CONSUMER_REASON
+from gateway.writer import SLOW_CONSUMER, SLOW_CONSUMER_REASON, DirectTransport, Watching
 
 
 class FrameWriter:
@@ -26,9 +30,11 @@ class FrameWriter:
         "_frames",
         "_gathered_deliveries",
         "_limit_bytes",
+        "_live",
         "_pending_bytes",
         "_sink",
         "_stats",
+        "_transport",
         "_turn",
         "close_request",
         "peer_closed",
@@ -36,6 +42,7 @@ class FrameWriter:
 
     def __init__(self, sink: FrameSink, limit_bytes: int, stats: Stats, flusher: Flusher) -> None:
         self._sink = sink
+        self._transport: DirectTransport = sink.transport
         self._flusher = flusher
         self._limit_bytes = limit_bytes
         self._stats = stats
@@ -43,8 +50,10 @@ class FrameWriter:
         self._frames: list[bytes] = []
         self._gathered_deliveries = 0
         self._pending_bytes = 0
-        # The flusher's turn in which this writer last wrote at once (see `offer`).
+        # The flusher's turn in which this writer last wrote at once or gathered (`offer`).
         self._turn = -1
+        # The live subscriptions of this connection; a tuple: most have one, idle ones none.
+        self._live: tuple[Watching, ...] = ()
         # (code, reason) once a close is requested; None while open.
         self.close_request: tuple[int, str] | None = None
         # True once the reader saw the client's close: the server must not send one now.
@@ -54,24 +63,48 @@ class FrameWriter:
         """Write or gather `frame`; False when closing, or when it overflowed (then 4008)."""
         if self.close_request is not None:
             return False
-        frames, turn = self._frames, self._flusher.turn
-        if not frames and self._turn != turn:
+        turn = self._flusher.turn
+        if self._turn != turn:
             # The first frame of a loop turn goes out at once; only what follows it
             # in the same turn (a burst) waits for the flusher, to share one write.
+            # (Gathered frames imply this turn: nothing waits that this could overtake.)
             self._turn = turn
             self._write(frame.frame, frame.deliveries)
             return self.close_request is None
+        return self.gather(frame)
+
+    def gather(self, frame: Outgoing) -> bool:
+        """Hold `frame` for this turn's one write (see `offer`); False if closing or overflowed."""
+        if self.close_request is not None:
+            return False
         # One frame always fits, so a small buffer never refuses a lone large message.
         pending = self._pending_bytes
         if pending and pending + frame.size > self._limit_bytes:
             self._overflowed()
             return False
         self._pending_bytes = pending + frame.size
+        frames = self._frames
         if not frames:
+            self._turn = self._flusher.turn
             self._flusher.gathered(self)
+            # A direct write now would overtake these frames.
+            for subscription in self._live:
+                subscription.direct = None
         frames.append(frame.frame)
         self._gathered_deliveries += frame.deliveries
         return True
+
+    def go_direct(self, subscription: Watching) -> None:
+        if self.close_request is not None:
+            return
+        self._live += (subscription,)
+        if not self._frames:
+            subscription.direct = self._transport
+
+    def forget(self, subscription: Watching) -> None:
+        subscription.direct = None
+        if subscription in self._live:
+            self._live = tuple(live for live in self._live if live is not subscription)
 
     def flush(self) -> None:
         """Write the frames gathered this loop turn in one `write()` (the flusher calls this)."""
@@ -83,6 +116,10 @@ class FrameWriter:
         deliveries, self._gathered_deliveries = self._gathered_deliveries, 0
         self._pending_bytes = 0
         self._write(data, deliveries)
+        if self.close_request is None:
+            transport = self._transport
+            for subscription in self._live:
+                subscription.direct = transport
 
     def close(self, code: int, reason: str) -> None:
         """Drop what is gathered and send the close frame now; the first request wins."""
@@ -91,6 +128,9 @@ class FrameWriter:
         self.close_request = (code, reason)
         self._frames.clear()
         self._pending_bytes = 0
+        for subscription in self._live:
+            subscription.direct = None
+        self._live = ()
         if not self.peer_closed:
             self._sink.close_now(code, reason)
 
@@ -101,12 +141,11 @@ class FrameWriter:
 
     def _write(self, data: bytes, deliveries: int) -> None:
         """Write frames to the transport, unless its backlog plus them overflows (4008)."""
-        sink = self._sink
-        transport = sink.transport
+        transport = self._transport
         backlog = transport.get_write_buffer_size()
         if backlog and backlog + len(data) > self._limit_bytes:
             self._overflowed()
-        elif not (sink.close_sent or transport.is_closing()):
+        elif not (self._sink.close_sent or transport.is_closing()):
             transport.write(data)
             self._stats.deliveries += deliveries
 

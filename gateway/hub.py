@@ -3,8 +3,17 @@
 The hub asks the broker for an event when its first watcher arrives and drops
 it when the last one leaves, so the broker's subscriptions always equal the
 set of watched events. Fan-out never awaits: it hands the same `Publication`
-to each watcher's writer, skipping what a watcher already has; the flusher
-writes what the writers gathered at the end of the loop turn.
+to each watcher, skipping what a watcher already has; the flusher writes what
+the writers gathered at the end of the loop turn.
+
+A watcher in the steady state (live, its writer open and holding nothing
+for this turn) carries its connection's transport in `direct`, and the hub
+writes the frame to it itself. With a thousand watchers the fan-out is
+bound by memory, not by instructions: between two messages the load client
+and Redis evict the caches, and every object touched per watcher is a miss.
+The direct path touches the subscription and the transport, as a bare
+`write()` loop does; the writer, its buffers and the protocol stay cold
+(issue 4: paced CPU per delivery 6.6 -> 5.1 µs, the floor's 4.2 to 4.8).
 """
 
 from __future__ import annotations
@@ -14,8 +23,9 @@ from typing import Final
 
 from gateway.broker import Broker
 from gateway.flusher import Flusher
+from gateway.metrics import Stats
 from gateway.publication import Publication
-from gateway.writer import SLOW_CONSUMER, SLOW_CONSUMER_REASON, Outbound
+from gateway.writer import SLOW_CONSUMER, SLOW_CONSUMER_REASON, DirectTransport, Outbound
 
 # `last_seq` of a watcher that does not know its starting point yet.
 UNKNOWN_SEQ: Final = -1
@@ -25,7 +35,7 @@ LOCK_SHARDS: Final = 64
 class Subscription:
     """One session watching one event."""
 
-    __slots__ = ("event_id", "last_seq", "pending", "pending_bytes", "writer")
+    __slots__ = ("direct", "event_id", "last_seq", "pending", "pending_bytes", "writer")
 
     def __init__(self, event_id: int, writer: Outbound, last_seq: int = UNKNOWN_SEQ) -> None:
         self.event_id = event_id
@@ -36,6 +46,9 @@ class Subscription:
         # Live publications held back while the session replays history; None once live.
         self.pending: list[Publication] | None = []
         self.pending_bytes = 0
+        # The transport the hub writes publications to itself; None while they must go
+        # through the writer (held, closing, frames gathered this turn, or a queued writer).
+        self.direct: DirectTransport | None = None
 
     def hold(self, publication: Publication, limit_bytes: int) -> None:
         assert self.pending is not None
@@ -49,6 +62,7 @@ class Subscription:
         held, self.pending = self.pending or [], None
         for publication in held:
             self.deliver(publication)
+        self.writer.go_direct(self)
 
     def deliver(self, publication: Publication) -> None:
         if publication.seq > self.last_seq:
@@ -59,12 +73,18 @@ class Subscription:
 class Hub:
     """The watchers of each event on this replica."""
 
-    def __init__(self, broker: Broker, hold_limit_bytes: int, flusher: Flusher) -> None:
+    def __init__(
+        self, broker: Broker, hold_limit_bytes: int, flusher: Flusher, stats: Stats
+    ) -> None:
         self._broker = broker
         self._hold_limit_bytes = hold_limit_bytes
         self._flusher = flusher
+        self._stats = stats
         # event id -> its watchers (a dict as an insertion-ordered set).
         self._watchers: dict[int, dict[Subscription, None]] = {}
+        # event id -> the flusher's turn of its latest fan-out: a second one in the
+        # same turn is a burst, gathered into one write per watcher.
+        self._fanned_out_in: dict[int, int] = {}
         self._subscription_count = 0
         # Serialise first-watcher subscribes per event; sharded so nothing grows with ids.
         self._locks = [asyncio.Lock() for _ in range(LOCK_SHARDS)]
@@ -108,24 +128,57 @@ class Hub:
         if watchers is None or subscription not in watchers:
             return
         del watchers[subscription]
+        subscription.writer.forget(subscription)
         self._subscription_count -= 1
         if not watchers:
             del self._watchers[subscription.event_id]
+            self._fanned_out_in.pop(subscription.event_id, None)
             self._broker.unsubscribe(subscription.event_id)
 
     def handle_publication(self, publication: Publication) -> None:
-        watchers = self._watchers.get(publication.event_id)
+        event_id = publication.event_id
+        watchers = self._watchers.get(event_id)
         if watchers is None:
             return
-        # The hot loop of every replica: `Subscription.deliver`, inlined.
+        turn = self._flusher.turn
+        if self._fanned_out_in.get(event_id) == turn:
+            self._gather(watchers, publication)
+        else:
+            self._fanned_out_in[event_id] = turn
+            self._write(watchers, publication)
+        self._flusher.fanned_out(publication)
+
+    def _write(self, watchers: dict[Subscription, None], publication: Publication) -> None:
+        """The hot loop of every replica: the frame straight to each steady transport."""
+        seq, frame = publication.seq, publication.frame
+        written = 0
+        for subscription in watchers:
+            transport = subscription.direct
+            if transport is None:
+                if subscription.pending is not None:
+                    subscription.hold(publication, self._hold_limit_bytes)
+                elif seq > subscription.last_seq:
+                    subscription.last_seq = seq
+                    subscription.writer.offer(publication)
+            elif seq > subscription.last_seq:
+                subscription.last_seq = seq
+                if transport.get_write_buffer_size() or transport.is_closing():
+                    # A backlog: the writer weighs it against the budget (4008).
+                    subscription.writer.offer(publication)
+                else:
+                    transport.write(frame)
+                    written += 1
+        self._stats.deliveries += written
+
+    def _gather(self, watchers: dict[Subscription, None], publication: Publication) -> None:
+        """A burst: the event's watchers wrote this turn, so what follows joins one write."""
         seq = publication.seq
         for subscription in watchers:
             if subscription.pending is not None:
                 subscription.hold(publication, self._hold_limit_bytes)
             elif seq > subscription.last_seq:
                 subscription.last_seq = seq
-                subscription.writer.offer(publication)
-        self._flusher.fanned_out(publication)
+                subscription.writer.gather(publication)
 
     def recovery_floor(self, event_id: int) -> int | None:
         known = [s.last_seq for s in self._watchers.get(event_id, ()) if s.last_seq != UNKNOWN_SEQ]

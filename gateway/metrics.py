@@ -7,11 +7,17 @@ one process (tests) without sharing a metric.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -44,16 +50,47 @@ class Metrics:
     def __init__(self, stats: Stats, gauges: Gauges) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_StatsCollector(stats, gauges))
-        self.delivery_latency = Histogram(
-            "seatcast_gateway_delivery_latency_seconds",
-            "Time from a message's timestamp until this replica handed it to its watchers' "
-            "connections, observed once per message.",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self.delivery_latency = LatencyHistogram(LATENCY_BUCKETS)
+        self.registry.register(self.delivery_latency)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class LatencyHistogram(Collector):
+    """The delivery-latency histogram: observed once per message, on the event loop only.
+
+    prometheus_client's `Histogram` takes a lock per observation, for threads
+    this process does not have: 0.7 µs against 0.1 µs here, per message on
+    the routing path (issue 4).
+    """
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        # Observations per bucket, not cumulative; the last one is +Inf.
+        self._counts = [0] * (len(bounds) + 1)
+        self._sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self._counts[bisect_left(self._bounds, seconds)] += 1
+        self._sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative, buckets = 0, []
+        for bound, count in zip((*self._bounds, float("inf")), self._counts, strict=True):
+            cumulative += count
+            buckets.append((_le(bound), cumulative))
+        yield HistogramMetricFamily(
+            "seatcast_gateway_delivery_latency_seconds",
+            "Time from a message's timestamp until this replica handed it to its watchers' "
+            "connections, observed once per message.",
+            buckets=buckets,
+            sum_value=self._sum,
+        )
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 class _StatsCollector(Collector):

@@ -32,6 +32,16 @@ class Socket(Protocol):
     async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
 
 
+class DirectTransport(Protocol):
+    """What the hub's direct path calls on a connection's transport (C methods under uvloop)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+    def is_closing(self) -> bool: ...
+
+
 class Outbound(Protocol):
     """What the hub and the session need of a connection's outbound side."""
 
@@ -40,9 +50,27 @@ class Outbound(Protocol):
 
     def offer(self, frame: Outgoing) -> bool: ...
 
+    def gather(self, frame: Outgoing) -> bool:
+        """`offer`, but written no sooner than the end of this loop turn (a burst)."""
+        ...
+
+    def go_direct(self, subscription: Watching) -> None:
+        """`subscription` is live: let the hub write to its transport, when that is safe."""
+        ...
+
+    def forget(self, subscription: Watching) -> None:
+        """`subscription` left the hub: no direct writes for it any more."""
+        ...
+
     def close(self, code: int, reason: str) -> None: ...
 
     def peer_gone(self) -> None: ...
+
+
+class Watching(Protocol):
+    """A subscription, as its writer sees it: the hub writes to `direct` when it is set."""
+
+    direct: DirectTransport | None
 
 
 class Writer:
@@ -92,6 +120,15 @@ class Writer:
         self._queue.append(frame)
         self._wakeup.set()
         return True
+
+    # The task sends in order and coalesces nothing: gathering is queueing.
+    gather = offer
+
+    def go_direct(self, subscription: Watching) -> None:
+        """Never: frames go through the socket's `send` coroutine, one at a time."""
+
+    def forget(self, subscription: Watching) -> None:
+        """Nothing to forget: see `go_direct`."""
 
     def close(self, code: int, reason: str) -> None:
         """Drop what is queued and close the socket soon with `code`; the first request wins."""

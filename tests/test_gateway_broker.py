@@ -84,11 +84,11 @@ async def test_redis_subscriptions_follow_random_watchers(
     broker: RedisBroker, redis: aioredis.Redis
 ) -> None:
     """Hundreds of random watch/unwatch steps: Redis's channels always settle to the watched set."""
-    hub = Hub(broker, 1 << 20, Flusher(float))
+    stats = Stats()
+    hub = Hub(broker, 1 << 20, Flusher(float), stats)
     task = await running(broker, hub)
     rnd = random.Random(1234)
     live: list[Subscription] = []
-    stats = Stats()
     for step in range(300):
         if live and rnd.random() < 0.45:
             hub.unsubscribe(live.pop(rnd.randrange(len(live))))

@@ -7,44 +7,15 @@ from __future__ import annotations
 
 import logging
 
-import orjson
 import pytest
 
 from gateway.flusher import Flusher
 from gateway.frame_writer import FrameWriter
-from gateway.hub import Hub, Subscription
+from gateway.hub import Hub
 from gateway.metrics import Stats
-from gateway.publication import Publication
 from gateway.writer import SLOW_CONSUMER
-from tests.support.sinks import RecordingSink
+from tests.support.sinks import NoBroker, RecordingSink, live_watchers, publication
 from tests.support.wait import scheduled_callbacks_run
-
-
-class NoBroker:
-    async def subscribe(self, event_id: int) -> None:
-        return None
-
-    def unsubscribe(self, event_id: int) -> None:
-        return None
-
-
-def publication(seq: int, published_at: float | None = None) -> Publication:
-    data = orjson.dumps({"eventId": 1, "seq": seq})
-    return Publication(data, event_id=1, seq=seq, published_at=published_at)
-
-
-async def live_watchers(
-    hub: Hub, flusher: Flusher, stats: Stats, count: int, limit: int = 1 << 20
-) -> list[RecordingSink]:
-    sinks = []
-    for _ in range(count):
-        sink = RecordingSink()
-        writer = FrameWriter(sink, limit, stats, flusher)  # type: ignore[arg-type]
-        subscription = Subscription(1, writer, last_seq=0)
-        await hub.subscribe(subscription)
-        subscription.go_live()
-        sinks.append(sink)
-    return sinks
 
 
 async def next_turn() -> None:
@@ -55,7 +26,7 @@ async def next_turn() -> None:
 async def test_a_burst_costs_each_watcher_two_writes_in_order() -> None:
     """Fifty messages in one turn: the first written at once, the other 49 joined into one write."""
     flusher, stats = Flusher(float), Stats()
-    hub = Hub(NoBroker(), 1 << 20, flusher)  # type: ignore[arg-type]
+    hub = Hub(NoBroker(), 1 << 20, flusher, stats)  # type: ignore[arg-type]
     sinks = await live_watchers(hub, flusher, stats, 3)
     burst = [publication(seq) for seq in range(1, 51)]
     for item in burst:
@@ -70,7 +41,7 @@ async def test_a_burst_costs_each_watcher_two_writes_in_order() -> None:
 async def test_each_turn_starts_with_a_write_at_once() -> None:
     """Paced messages, one per turn, each go out at once: one write per message per watcher."""
     flusher, stats = Flusher(float), Stats()
-    hub = Hub(NoBroker(), 1 << 20, flusher)  # type: ignore[arg-type]
+    hub = Hub(NoBroker(), 1 << 20, flusher, stats)  # type: ignore[arg-type]
     [sink] = await live_watchers(hub, flusher, stats, 1)
     for seq in range(1, 4):
         hub.handle_publication(publication(seq))
@@ -83,7 +54,7 @@ async def test_latency_is_observed_once_per_message_not_per_watcher() -> None:
     """Ten watchers, three messages: three observations, each after the turn's writes."""
     observed: list[float] = []
     flusher, stats = Flusher(observed.append), Stats()
-    hub = Hub(NoBroker(), 1 << 20, flusher)  # type: ignore[arg-type]
+    hub = Hub(NoBroker(), 1 << 20, flusher, stats)  # type: ignore[arg-type]
     await live_watchers(hub, flusher, stats, 10)
     for seq in range(1, 4):
         hub.handle_publication(publication(seq, published_at=1.0))
@@ -97,7 +68,7 @@ async def test_latency_is_observed_once_per_message_not_per_watcher() -> None:
 async def test_a_turn_over_the_budget_closes_only_that_client() -> None:
     """Backlog plus the turn's frames over the budget: 4008 for that client, the others written."""
     flusher, stats = Flusher(float), Stats()
-    hub = Hub(NoBroker(), 1 << 20, flusher)  # type: ignore[arg-type]
+    hub = Hub(NoBroker(), 1 << 20, flusher, stats)  # type: ignore[arg-type]
     slow, fast = await live_watchers(hub, flusher, stats, 2, limit=200)
     hub.handle_publication(publication(1))
     slow.transport.buffered = 190
@@ -115,7 +86,7 @@ async def test_one_failing_connection_does_not_keep_the_others_frames(
 ) -> None:
     """A transport that raises is logged; every other gathered writer is still written."""
     flusher, stats = Flusher(float), Stats()
-    hub = Hub(NoBroker(), 1 << 20, flusher)  # type: ignore[arg-type]
+    hub = Hub(NoBroker(), 1 << 20, flusher, stats)  # type: ignore[arg-type]
     broken, healthy = await live_watchers(hub, flusher, stats, 2)
     for seq in (1, 2):
         hub.handle_publication(publication(seq))

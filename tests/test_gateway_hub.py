@@ -113,7 +113,7 @@ class FakeSocket:
 def make_replica(broker: MemoryBroker, **env: str) -> Replica:
     settings = gateway_settings({"JWT_SECRET": JWT_SECRET, **env})
     replica = Replica(settings=settings, verifier=TokenVerifier(settings.jwt))
-    hub = Hub(broker, settings.outbound_buffer_bytes, replica.flusher)  # type: ignore[arg-type]
+    hub = Hub(broker, settings.outbound_buffer_bytes, replica.flusher, replica.stats)  # type: ignore[arg-type]
     replica.runtime = Runtime(redis=None, history=EmptyHistory(), broker=broker, hub=hub)  # type: ignore[arg-type]
     return replica
 
@@ -281,7 +281,7 @@ def publication(event_id: int, seq: int, size: int = 10) -> Publication:
 
 async def test_concurrent_first_watchers_subscribe_once_and_wait(broker: MemoryBroker) -> None:
     """Twenty watchers of a new event: one broker subscribe, and none starts before it is confirmed."""
-    hub = Hub(broker, 1 << 20, Flusher(float))  # type: ignore[arg-type]
+    hub = Hub(broker, 1 << 20, Flusher(float), Stats())  # type: ignore[arg-type]
     broker.gate.clear()
     tasks = [asyncio.create_task(hub.subscribe(Subscription(9, writer()))) for _ in range(20)]
     await until(lambda: broker.subscribe_calls == 1)
@@ -296,7 +296,7 @@ async def test_concurrent_first_watchers_subscribe_once_and_wait(broker: MemoryB
 
 async def test_failed_subscribe_rolls_back(broker: MemoryBroker) -> None:
     """A broker failure removes the watcher and the subscription; the next watcher tries afresh."""
-    hub = Hub(broker, 1 << 20, Flusher(float))  # type: ignore[arg-type]
+    hub = Hub(broker, 1 << 20, Flusher(float), Stats())  # type: ignore[arg-type]
     broker.failing = {4}
     with pytest.raises(BrokerUnavailable):
         await hub.subscribe(Subscription(4, writer()))
@@ -309,7 +309,7 @@ async def test_failed_subscribe_rolls_back(broker: MemoryBroker) -> None:
 
 async def test_cancelled_subscribe_rolls_back(broker: MemoryBroker) -> None:
     """A subscribe cancelled while the broker works (the client left) leaves nothing behind."""
-    hub = Hub(broker, 1 << 20, Flusher(float))  # type: ignore[arg-type]
+    hub = Hub(broker, 1 << 20, Flusher(float), Stats())  # type: ignore[arg-type]
     broker.gate.clear()
     task = asyncio.create_task(hub.subscribe(Subscription(5, writer())))
     await until(lambda: broker.subscribed == {5})  # the subscribe waits on the broker
@@ -322,7 +322,7 @@ async def test_cancelled_subscribe_rolls_back(broker: MemoryBroker) -> None:
 
 async def test_fan_out_shares_one_object_and_filters_seq(broker: MemoryBroker) -> None:
     """Every watcher's writer gets the same Publication; duplicates and stale seqs are skipped."""
-    hub = Hub(broker, 1 << 20, Flusher(float))  # type: ignore[arg-type]
+    hub = Hub(broker, 1 << 20, Flusher(float), Stats())  # type: ignore[arg-type]
     watchers = [Subscription(3, writer(), last_seq=0) for _ in range(3)]
     for watcher in watchers:
         await hub.subscribe(watcher)
@@ -343,7 +343,7 @@ async def test_fan_out_shares_one_object_and_filters_seq(broker: MemoryBroker) -
 
 async def test_held_messages_go_out_after_replay_without_duplicates(broker: MemoryBroker) -> None:
     """A recovering watcher holds live messages, then sends only those newer than its replay."""
-    hub = Hub(broker, 1 << 20, Flusher(float))  # type: ignore[arg-type]
+    hub = Hub(broker, 1 << 20, Flusher(float), Stats())  # type: ignore[arg-type]
     watcher = Subscription(3, writer(), last_seq=4)
     await hub.subscribe(watcher)
     for seq in (6, 7, 8):
@@ -358,7 +358,7 @@ async def test_held_messages_go_out_after_replay_without_duplicates(broker: Memo
 
 async def test_recovery_floor_is_the_lowest_known_seq(broker: MemoryBroker) -> None:
     """The broker fills gaps from the lowest seq a watcher has; unknown ones do not count."""
-    hub = Hub(broker, 1 << 20, Flusher(float))  # type: ignore[arg-type]
+    hub = Hub(broker, 1 << 20, Flusher(float), Stats())  # type: ignore[arg-type]
     assert hub.recovery_floor(2) is None
     await hub.subscribe(Subscription(2, writer()))
     assert hub.recovery_floor(2) is None
@@ -369,7 +369,7 @@ async def test_recovery_floor_is_the_lowest_known_seq(broker: MemoryBroker) -> N
 
 async def test_overflow_closes_only_the_slow_writer(broker: MemoryBroker) -> None:
     """A writer over its byte budget is closed with 4008 and dropped; the others get everything."""
-    hub = Hub(broker, 1 << 20, Flusher(float))  # type: ignore[arg-type]
+    hub = Hub(broker, 1 << 20, Flusher(float), Stats())  # type: ignore[arg-type]
     slow, fast = Subscription(1, writer(limit=1024), 0), Subscription(1, writer(), 0)
     for watcher in (slow, fast):
         await hub.subscribe(watcher)

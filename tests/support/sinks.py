@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
+from gateway.flusher import Flusher
+from gateway.frame_writer import FrameWriter
+from gateway.hub import Hub, Subscription
+from gateway.metrics import Stats
+from gateway.publication import Publication
+
 
 class RecordingSocket:
     """A Starlette-like socket that records what the writer sends."""
@@ -52,3 +60,33 @@ class RecordingSink:
     @property
     def writes(self) -> list[bytes]:
         return self.transport.writes
+
+
+class NoBroker:
+    """A broker that confirms every subscription at once."""
+
+    async def subscribe(self, event_id: int) -> None:
+        return None
+
+    def unsubscribe(self, event_id: int) -> None:
+        return None
+
+
+def publication(seq: int, published_at: float | None = None, event_id: int = 1) -> Publication:
+    data = orjson.dumps({"eventId": event_id, "seq": seq})
+    return Publication(data, event_id=event_id, seq=seq, published_at=published_at)
+
+
+async def live_watchers(
+    hub: Hub, flusher: Flusher, stats: Stats, count: int, limit: int = 1 << 20
+) -> list[RecordingSink]:
+    """`count` connections (WS_IMPL=fast) watching event 1 live, from seq 0."""
+    sinks = []
+    for _ in range(count):
+        sink = RecordingSink()
+        writer = FrameWriter(sink, limit, stats, flusher)  # type: ignore[arg-type]
+        subscription = Subscription(1, writer, last_seq=0)
+        await hub.subscribe(subscription)
+        subscription.go_live()
+        sinks.append(sink)
+    return sinks
