@@ -8,9 +8,8 @@ burst so costs two system calls per watcher instead of one per message, and a
 lone message one write per watcher and nothing else.
 
 The delivery-latency histogram is observed here once per message, after the
-writes it caused: at once when the hub wrote them all itself, otherwise
-after this turn's flush. Once per delivery, it cost about as much as the
-fan-out itself (issue 4's profile).
+writes it caused: once per delivery, it cost about as much as the fan-out
+itself (issue 4's profile).
 """
 
 from __future__ import annotations
@@ -52,7 +51,7 @@ class Flusher:
             self._schedule()
 
     def fanned_out(self, publication: Publication) -> None:
-        """`publication` went to its watchers: time it once, after the writes."""
+        """`publication` went to its watchers this turn: time it once, after the writes."""
         self._published.append(publication)
         if not self._scheduled:
             self._schedule()

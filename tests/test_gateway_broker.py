@@ -135,6 +135,54 @@ async def test_seq_jump_is_filled_from_history(
     await stop(task)
 
 
+class HeldHistory(History):
+    """History whose range reads wait until the test lets them go."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        super().__init__(redis)
+        self.release = asyncio.Event()
+
+    async def read(
+        self, event_id: int, first_seq: int, last_seq: int | None = None
+    ) -> list[Publication]:
+        await self.release.wait()
+        return await super().read(event_id, first_seq, last_seq)
+
+
+async def test_messages_arriving_during_a_gap_fill_wait_in_order(
+    redis_server: RedisServer, redis: aioredis.Redis, stats: Stats
+) -> None:
+    """Replies that come while history is read queue behind it: nothing overtakes the fill."""
+    history = HeldHistory(redis)
+    broker = RedisBroker(redis_server.url, history, stats)
+    recorder = Recorder()
+    task = await running(broker, recorder)
+    for event_id in (22, 23):
+        await broker.subscribe(event_id)
+    publisher = Publisher(redis)
+    await publisher.publish(change(22, 1))
+    for seq in (2, 3):
+        await redis.xadd(history_key(22), {"payload": change(22, seq).payload()}, id=f"{seq}-0")
+        await redis.hset(state_key(22), mapping={"seq": seq, "availableSeats": 100 - seq})
+    for event_id, seq in ((22, 4), (22, 5), (23, 1), (22, 6), (23, 2)):
+        await publisher.publish(change(event_id, seq))
+    link = broker._link
+    assert link is not None
+    await async_wait_until(_true(lambda: len(link.backlog) == 4), timeout=10, what="the backlog")
+    assert recorder.received == {22: [1]}
+    history.release.set()
+    await async_wait_until(
+        _true(lambda: len(recorder.received.get(22, [])) == 6), timeout=10, what="seq 6"
+    )
+    await async_wait_until(
+        _true(lambda: len(recorder.received.get(23, [])) == 2), timeout=10, what="event 23"
+    )
+    assert recorder.received == {22: [1, 2, 3, 4, 5, 6], 23: [1, 2]}
+    assert link.catching_up is None
+    await stop(task)
+    await broker.close()
+
+
 async def test_duplicates_and_old_seqs_are_dropped(
     broker: RedisBroker, redis: aioredis.Redis
 ) -> None:
