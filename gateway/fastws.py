@@ -12,16 +12,20 @@ client frames, pings, the 1009 limit) stays uvicorn's.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any, Final, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 
+from gateway.deadlines import Deadlines
 from gateway.mailbox import Flag, Mailbox
 
 # The scope extension under which the protocol offers itself.
 FRAME_SINK_EXTENSION: Final = "seatcast.frame_sink"
 TEXT_OPCODE: Final = 0x81  # FIN + text
+# Keepalive pings go out at most this late; the interval itself is PING_INTERVAL_SECONDS.
+PING_RESOLUTION_SECONDS: Final = 0.1
 
 
 class FrameSink(Protocol):
@@ -63,6 +67,31 @@ def frame_sink(connection: object) -> FrameSink | None:
 class FastWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O protocol that also accepts whole frames from the app."""
 
+    # uvicorn's protocol sets over 30 attributes, too many for CPython to share one
+    # key table among instances: each connection carried a 1.6 KiB dict of its own.
+    # The per-connection ones live in slots instead, and the dict keeps the rest
+    # few enough to share its keys (issue 4's memory profile).
+    __slots__ = (
+        "client",
+        "close_sent",
+        "close_timer",
+        "curr_msg_data_type",
+        "disconnected",
+        "frames",
+        "handshake_complete",
+        "handshake_initiated",
+        "initial_response",
+        "last_ping_rtt",
+        "pending_ping_payload",
+        "ping_sent_at",
+        "ping_timer",
+        "pong_timer",
+        "read_paused",
+        "scheme",
+        "server",
+        "transport",
+    )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Same use, a fifth of an idle connection's memory less (gateway/mailbox.py).
@@ -90,6 +119,16 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"].pop(FRAME_SINK_EXTENSION, None)
+
+    def schedule_ping(self) -> None:
+        """uvicorn's next keepalive ping, on the loop's one ping timer instead of its own."""
+        assert self.ping_interval is not None
+        delay = max(0.0, self.ping_interval - self.last_ping_rtt)
+        _pings(self.loop).watch(self, self.loop.time() + delay)
+
+    def stop_keepalive(self) -> None:
+        _pings(self.loop).forget(self)
+        super().stop_keepalive()
 
     def close_now(self, code: int, reason: str) -> None:
         """Send a close frame at once, without awaiting, and end the app's `receive()`.
@@ -120,3 +159,22 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # Sent; only a rejection before accepting would still need it.
             self.response.headers.clear()
+
+
+# One ping timer per event loop: a replica has one loop, a test process several.
+_PINGS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines[FastWebSocketProtocol]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _pings(loop: asyncio.AbstractEventLoop) -> Deadlines[FastWebSocketProtocol]:
+    pings = _PINGS.get(loop)
+    if pings is None:
+        pings = _PINGS[loop] = Deadlines(
+            _send_ping, now=loop.time, resolution=PING_RESOLUTION_SECONDS
+        )
+    return pings
+
+
+def _send_ping(protocol: FastWebSocketProtocol) -> None:
+    protocol.send_keepalive_ping()

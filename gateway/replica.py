@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.broker import Broker
-from gateway.expiry import ExpiryClock
+from gateway.deadlines import ExpiryClock
 from gateway.flusher import Flusher
 from gateway.history import History
 from gateway.hub import Hub
