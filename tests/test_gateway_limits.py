@@ -240,6 +240,38 @@ async def test_dead_peers_are_dropped(
     writer.close()
 
 
+async def test_a_live_peer_is_pinged_again_and_again_and_kept(
+    service: Start, redis_url: str, token: Callable[..., str]
+) -> None:
+    """Each pong schedules the next ping (one timer per process): three rounds, still connected."""
+    gateway = service(
+        "gateway",
+        {"REDIS_URL": redis_url, "PING_INTERVAL_SECONDS": "0.2", "PING_TIMEOUT_SECONDS": "2"},
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(
+        f"GET /ws?token={token(10)} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    await reader.readuntil(b"\r\n\r\n")
+    pings = 0
+    async with asyncio.timeout(10):
+        while pings < 3:
+            first, length = await reader.readexactly(2)
+            length &= 0x7F
+            if length == 126:
+                length = int.from_bytes(await reader.readexactly(2), "big")
+            payload = await reader.readexactly(length)
+            if first & 0x0F == 0x9:
+                pings += 1
+                # A masked pong (a zero mask leaves the payload as is) with the ping's payload.
+                writer.write(bytes((0x8A, 0x80 | len(payload))) + bytes(4) + payload)
+    assert metric(gateway, "seatcast_gateway_connections") == 1
+    writer.close()
+    await writer.wait_closed()
+
+
 def tcp_connections_to(port: int) -> int:
     """Established TCP connections to `port` on this host, from /proc/net/tcp{,6}."""
     count = 0
