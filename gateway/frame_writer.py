@@ -89,20 +89,22 @@ class FrameWriter:
             self._flusher.gathered(self)
             # A direct write now would overtake these frames.
             for subscription in self._live:
-                subscription.direct = None
+                subscription.detach_transport()
         frames.append(frame.frame)
         self._gathered_deliveries += frame.deliveries
         return True
 
     def go_direct(self, subscription: Watching) -> None:
+        """Offer the hub this transport for `subscription`, now and after each flush."""
         if self.close_request is not None:
             return
-        self._live += (subscription,)
+        if subscription not in self._live:
+            self._live += (subscription,)
         if not self._frames:
-            subscription.direct = self._transport
+            subscription.attach_transport(self._transport)
 
     def forget(self, subscription: Watching) -> None:
-        subscription.direct = None
+        subscription.detach_transport()
         if subscription in self._live:
             self._live = tuple(live for live in self._live if live is not subscription)
 
@@ -119,7 +121,7 @@ class FrameWriter:
         if self.close_request is None:
             transport = self._transport
             for subscription in self._live:
-                subscription.direct = transport
+                subscription.attach_transport(transport)
 
     def close(self, code: int, reason: str) -> None:
         """Drop what is gathered and send the close frame now; the first request wins."""
@@ -129,7 +131,7 @@ class FrameWriter:
         self._frames.clear()
         self._pending_bytes = 0
         for subscription in self._live:
-            subscription.direct = None
+            subscription.detach_transport()
         self._live = ()
         if not self.peer_closed:
             self._sink.close_now(code, reason)

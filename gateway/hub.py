@@ -32,23 +32,64 @@ UNKNOWN_SEQ: Final = -1
 LOCK_SHARDS: Final = 64
 
 
+class Watchers:
+    """An event's watchers on this replica, and the transports the hub writes to itself."""
+
+    __slots__ = ("entries", "seq", "turn")
+
+    def __init__(self) -> None:
+        # Subscription -> its transport while the hub writes to it directly, else None.
+        # The hot loop reads both from the dict's own entries; a value may change while
+        # the loop runs (attach, detach), the keys only between fan-outs.
+        self.entries: dict[Subscription, DirectTransport | None] = {}
+        # The latest seq fanned out: each attached watcher has it and every one before.
+        self.seq = UNKNOWN_SEQ
+        # The flusher's turn of the latest fan-out: a second one in the same turn is a
+        # burst, gathered into one write per watcher.
+        self.turn = -1
+
+
 class Subscription:
     """One session watching one event."""
 
-    __slots__ = ("direct", "event_id", "last_seq", "pending", "pending_bytes", "writer")
+    __slots__ = ("event_id", "last_seq", "pending", "pending_bytes", "watchers", "writer")
 
     def __init__(self, event_id: int, writer: Outbound, last_seq: int = UNKNOWN_SEQ) -> None:
         self.event_id = event_id
         self.writer = writer
         # The highest seq this watcher has (delivered, replayed or the state it started
         # from); UNKNOWN_SEQ until a subscribing session has read the event's state.
+        # While attached, `watchers.seq` is: this is brought up to date on detaching.
         self.last_seq = last_seq
         # Live publications held back while the session replays history; None once live.
         self.pending: list[Publication] | None = []
         self.pending_bytes = 0
-        # The transport the hub writes publications to itself; None while they must go
-        # through the writer (held, closing, frames gathered this turn, or a queued writer).
-        self.direct: DirectTransport | None = None
+        # The event's watchers in the hub, while subscribed there.
+        self.watchers: Watchers | None = None
+
+    @property
+    def direct(self) -> DirectTransport | None:
+        """The transport the hub writes to itself; None while the writer takes each frame."""
+        return None if self.watchers is None else self.watchers.entries.get(self)
+
+    def attach_transport(self, transport: DirectTransport) -> None:
+        """Let the hub write to `transport` itself, once this watcher has exactly what was
+        fanned out: every later publication is then new to it."""
+        watchers = self.watchers
+        if (
+            watchers is not None
+            and self.pending is None
+            and self.last_seq == watchers.seq != UNKNOWN_SEQ
+            and self in watchers.entries
+        ):
+            watchers.entries[self] = transport
+
+    def detach_transport(self) -> None:
+        """Publications go through the writer again (it gathers, closes or forgets this)."""
+        watchers = self.watchers
+        if watchers is not None and watchers.entries.get(self) is not None:
+            watchers.entries[self] = None
+            self.last_seq = max(self.last_seq, watchers.seq)
 
     def hold(self, publication: Publication, limit_bytes: int) -> None:
         assert self.pending is not None
@@ -80,11 +121,7 @@ class Hub:
         self._hold_limit_bytes = hold_limit_bytes
         self._flusher = flusher
         self._stats = stats
-        # event id -> its watchers (a dict as an insertion-ordered set).
-        self._watchers: dict[int, dict[Subscription, None]] = {}
-        # event id -> the flusher's turn of its latest fan-out: a second one in the
-        # same turn is a burst, gathered into one write per watcher.
-        self._fanned_out_in: dict[int, int] = {}
+        self._watchers: dict[int, Watchers] = {}
         self._subscription_count = 0
         # Serialise first-watcher subscribes per event; sharded so nothing grows with ids.
         self._locks = [asyncio.Lock() for _ in range(LOCK_SHARDS)]
@@ -97,7 +134,8 @@ class Hub:
         return frozenset(self._watchers)
 
     def watchers_of(self, event_id: int) -> int:
-        return len(self._watchers.get(event_id, ()))
+        watchers = self._watchers.get(event_id)
+        return 0 if watchers is None else len(watchers.entries)
 
     async def subscribe(self, subscription: Subscription) -> None:
         """Add a watcher; for an event's first one, wait until the broker subscribed.
@@ -109,7 +147,9 @@ class Hub:
         event_id = subscription.event_id
         async with self._locks[event_id % LOCK_SHARDS]:
             first = event_id not in self._watchers
-            self._watchers.setdefault(event_id, {})[subscription] = None
+            watchers = self._watchers.setdefault(event_id, Watchers())
+            watchers.entries[subscription] = None
+            subscription.watchers = watchers
             self._subscription_count += 1
             if not first:
                 return
@@ -125,61 +165,79 @@ class Hub:
         Never awaits, so the hub and the broker agree at every await point.
         """
         watchers = self._watchers.get(subscription.event_id)
-        if watchers is None or subscription not in watchers:
+        if watchers is None or subscription not in watchers.entries:
             return
-        del watchers[subscription]
         subscription.writer.forget(subscription)
+        del watchers.entries[subscription]
+        subscription.watchers = None
         self._subscription_count -= 1
-        if not watchers:
+        if not watchers.entries:
             del self._watchers[subscription.event_id]
-            self._fanned_out_in.pop(subscription.event_id, None)
             self._broker.unsubscribe(subscription.event_id)
 
     def handle_publication(self, publication: Publication) -> None:
-        event_id = publication.event_id
-        watchers = self._watchers.get(event_id)
+        watchers = self._watchers.get(publication.event_id)
         if watchers is None:
             return
         turn = self._flusher.turn
-        if self._fanned_out_in.get(event_id) == turn:
+        if watchers.turn == turn:
             self._gather(watchers, publication)
         else:
-            self._fanned_out_in[event_id] = turn
+            watchers.turn = turn
             self._write(watchers, publication)
         self._flusher.fanned_out(publication)
 
-    def _write(self, watchers: dict[Subscription, None], publication: Publication) -> None:
-        """The hot loop of every replica: the frame straight to each steady transport."""
+    def _write(self, watchers: Watchers, publication: Publication) -> None:
+        """The hot loop of every replica: the frame straight to each attached transport.
+
+        An attached watcher costs its dict entry and its transport, as a bare
+        `write()` loop does: no subscription, writer or protocol is touched.
+        """
         seq, frame = publication.seq, publication.frame
+        # Publications come in seq order: every attached watcher lacks this one.
+        watchers.seq = seq
         written = 0
-        for subscription in watchers:
-            transport = subscription.direct
+        for subscription, transport in watchers.entries.items():
             if transport is None:
-                if subscription.pending is not None:
-                    subscription.hold(publication, self._hold_limit_bytes)
-                elif seq > subscription.last_seq:
-                    subscription.last_seq = seq
-                    subscription.writer.offer(publication)
-            elif seq > subscription.last_seq:
-                subscription.last_seq = seq
-                if transport.get_write_buffer_size() or transport.is_closing():
-                    # A backlog: the writer weighs it against the budget (4008).
-                    subscription.writer.offer(publication)
-                else:
-                    transport.write(frame)
-                    written += 1
+                self._offer(subscription, publication)
+            elif transport.get_write_buffer_size() or transport.is_closing():
+                # A backlog: the writer weighs it against the budget (4008).
+                subscription.writer.offer(publication)
+            else:
+                transport.write(frame)
+                written += 1
         self._stats.deliveries += written
 
-    def _gather(self, watchers: dict[Subscription, None], publication: Publication) -> None:
+    def _offer(self, subscription: Subscription, publication: Publication) -> None:
+        """A detached watcher: held, skipped or handed to its writer, then maybe attached."""
+        if subscription.pending is not None:
+            subscription.hold(publication, self._hold_limit_bytes)
+        elif publication.seq > subscription.last_seq:
+            subscription.last_seq = publication.seq
+            writer = subscription.writer
+            writer.offer(publication)
+            writer.go_direct(subscription)
+
+    def _gather(self, watchers: Watchers, publication: Publication) -> None:
         """A burst: the event's watchers wrote this turn, so what follows joins one write."""
         seq = publication.seq
-        for subscription in watchers:
-            if subscription.pending is not None:
+        watchers.seq = seq
+        for subscription, transport in watchers.entries.items():
+            if transport is not None:
+                # Gathering detaches it, and brings its `last_seq` up to this one.
+                subscription.writer.gather(publication)
+            elif subscription.pending is not None:
                 subscription.hold(publication, self._hold_limit_bytes)
             elif seq > subscription.last_seq:
                 subscription.last_seq = seq
                 subscription.writer.gather(publication)
 
     def recovery_floor(self, event_id: int) -> int | None:
-        known = [s.last_seq for s in self._watchers.get(event_id, ()) if s.last_seq != UNKNOWN_SEQ]
-        return min(known, default=None)
+        watchers = self._watchers.get(event_id)
+        if watchers is None:
+            return None
+        known = [
+            watchers.seq if transport is not None else subscription.last_seq
+            for subscription, transport in watchers.entries.items()
+        ]
+        return min((seq for seq in known if seq != UNKNOWN_SEQ), default=None)

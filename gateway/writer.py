@@ -68,9 +68,11 @@ class Outbound(Protocol):
 
 
 class Watching(Protocol):
-    """A subscription, as its writer sees it: the hub writes to `direct` when it is set."""
+    """A subscription, as its writer sees it: the hub writes to its transport while attached."""
 
-    direct: DirectTransport | None
+    def attach_transport(self, transport: DirectTransport) -> None: ...
+
+    def detach_transport(self) -> None: ...
 
 
 class Writer:
