@@ -30,6 +30,9 @@ class BrokerEventHandler(Protocol):
     def recovery_floor(self, event_id: int) -> int | None:
         """The lowest `seq` a local watcher of the event is known to have; None if unknown."""
 
+    def input_arrived(self) -> None:
+        """One read from Redis begins: what it brings is one turn of fan-out (optional)."""
+
 
 class Broker(Protocol):
     @property

@@ -184,7 +184,9 @@ class RedisBroker(BrokerBase):
         link = _Link()
         try:
             await connection.connect()  # type: ignore[no-untyped-call]
-            link.stream = ReplyStream.take_over(connection, partial(self._on_reply, link))
+            link.stream = ReplyStream.take_over(
+                connection, partial(self._on_reply, link), self._input_arrived
+            )
             reconnect = bool(self._desired)
             link.needs_fill.update(self._desired)
             for batch in _batches(sorted(self._desired), RESUBSCRIBE_BATCH):
@@ -208,6 +210,10 @@ class RedisBroker(BrokerBase):
                 raise ConnectionError("Redis did not answer PING")
             link.awaiting_pong = True
             link.stream.send("PING")
+
+    def _input_arrived(self) -> None:
+        assert self._handler is not None
+        self._handler.input_arrived()
 
     def _on_reply(self, link: _Link, reply: Any) -> None:
         """Every reply, in order, as it arrives (`ReplyStream.data_received` calls this)."""

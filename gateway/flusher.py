@@ -40,8 +40,11 @@ class Flusher:
         self._writers: list[Flushable] = []
         # Live publications fanned out this turn, to be timed once each.
         self._published: list[Publication] = []
-        self._scheduled = False
-        # Counts flushes: a writer that wrote in the current turn gathers what follows.
+        self._scheduled: asyncio.Handle | None = None
+        # True once the broker marks turns itself (`next_turn`): a message with nothing
+        # gathered is then timed at once, with no callback of its own.
+        self._driven = False
+        # Counts turns: a writer that wrote in the current turn gathers what follows.
         self.turn = 0
 
     def gathered(self, writer: Flushable) -> None:
@@ -52,16 +55,34 @@ class Flusher:
 
     def fanned_out(self, publication: Publication) -> None:
         """`publication` went to its watchers this turn: time it once, after the writes."""
-        self._published.append(publication)
-        if not self._scheduled:
+        if self._scheduled:
+            self._published.append(publication)
+        elif self._driven:
+            # Nothing gathered: every write is done, and the next read starts a new turn.
+            if publication.published_at is not None:
+                self._observe_latency(time.time() - publication.published_at)
+        else:
+            self._published.append(publication)
             self._schedule()
 
+    def next_turn(self) -> None:
+        """A new read of input begins: write what the last one gathered, then a new turn.
+
+        The broker calls this for every chunk it reads from Redis, so that a
+        lone message needs no callback at the end of its loop turn (routing).
+        """
+        self._driven = True
+        if self._scheduled:
+            self._scheduled.cancel()
+            self._flush()
+        else:
+            self.turn += 1
+
     def _schedule(self) -> None:
-        self._scheduled = True
-        asyncio.get_running_loop().call_soon(self._flush)
+        self._scheduled = asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        self._scheduled = False
+        self._scheduled = None
         self.turn += 1
         writers, self._writers = self._writers, []
         for writer in writers:

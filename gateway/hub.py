@@ -232,6 +232,9 @@ class Hub:
                 subscription.last_seq = seq
                 subscription.writer.gather(publication)
 
+    def input_arrived(self) -> None:
+        self._flusher.next_turn()
+
     def recovery_floor(self, event_id: int) -> int | None:
         watchers = self._watchers.get(event_id)
         if watchers is None:

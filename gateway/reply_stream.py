@@ -21,14 +21,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 ReplyHandler = Callable[[Any], None]
+ChunkHandler = Callable[[], None]
 
 
 class ReplyStream(asyncio.Protocol):
     """Replies of one Redis connection, parsed as they arrive; commands written at once."""
 
-    def __init__(self, connection: AbstractConnection, on_reply: ReplyHandler) -> None:
+    def __init__(
+        self, connection: AbstractConnection, on_reply: ReplyHandler, on_chunk: ChunkHandler
+    ) -> None:
         self._connection = connection
         self._on_reply = on_reply
+        self._on_chunk = on_chunk
         self._parser = hiredis.Reader()
         # Resolved with the reason once the connection is lost or a reply is unusable (a
         # result, not an exception: a closed stream nobody waits on logs nothing).
@@ -39,9 +43,14 @@ class ReplyStream(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, writer.transport)
 
     @classmethod
-    def take_over(cls, connection: AbstractConnection, on_reply: ReplyHandler) -> ReplyStream:
-        """Serve `connection`'s replies from now on; it must have no reply outstanding."""
-        stream = cls(connection, on_reply)
+    def take_over(
+        cls, connection: AbstractConnection, on_reply: ReplyHandler, on_chunk: ChunkHandler
+    ) -> ReplyStream:
+        """Serve `connection`'s replies from now on; it must have no reply outstanding.
+
+        `on_chunk` is called before the replies of each read, `on_reply` with each.
+        """
+        stream = cls(connection, on_reply, on_chunk)
         stream._transport.set_protocol(stream)
         return stream
 
@@ -61,6 +70,7 @@ class ReplyStream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         parser = self._parser
         try:
+            self._on_chunk()
             parser.feed(data)
             while (reply := parser.gets()) is not False:
                 if isinstance(reply, hiredis.ReplyError):

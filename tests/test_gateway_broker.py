@@ -29,12 +29,16 @@ class Recorder:
     def __init__(self) -> None:
         self.received: dict[int, list[int]] = {}
         self.floors: dict[int, int] = {}
+        self.reads = 0
 
     def handle_publication(self, publication: Publication) -> None:
         self.received.setdefault(publication.event_id, []).append(publication.seq)
 
     def recovery_floor(self, event_id: int) -> int | None:
         return self.floors.get(event_id)
+
+    def input_arrived(self) -> None:
+        self.reads += 1
 
 
 def change(event_id: int, seq: int) -> SeatChange:

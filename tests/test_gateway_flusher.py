@@ -112,3 +112,30 @@ async def test_a_closed_writer_gathers_nothing_more() -> None:
     await next_turn()
     assert sink.writes == [publication(1).frame]
     assert sink.closes == [(SLOW_CONSUMER, "slow")]
+
+
+async def test_turns_marked_by_the_broker_need_no_callback_per_message() -> None:
+    """Each Redis read starts a turn: a lone message is timed at once, a burst still coalesced."""
+    observed: list[float] = []
+    flusher, stats = Flusher(observed.append), Stats()
+    hub = Hub(NoBroker(), 1 << 20, flusher, stats)  # type: ignore[arg-type]
+    [sink] = await live_watchers(hub, flusher, stats, 1)
+    hub.input_arrived()
+    hub.handle_publication(publication(1, published_at=1.0))
+    # The first fan-out went through the writer, which may gather: end that turn.
+    await next_turn()
+    observed.clear()
+    hub.input_arrived()
+    hub.handle_publication(publication(2, published_at=1.0))
+    assert len(observed) == 1  # timed at once: nothing was gathered
+    hub.input_arrived()
+    for seq in (3, 4, 5):
+        hub.handle_publication(publication(seq, published_at=1.0))
+    assert sink.writes[-1] == publication(3).frame
+    # The next read writes what the last one gathered before anything of its own.
+    hub.input_arrived()
+    assert sink.writes[-1] == publication(4).frame + publication(5).frame
+    assert len(observed) == 4  # seqs 2 to 5, each once
+    assert sink.writes == [publication(seq).frame for seq in (1, 2, 3)] + [
+        publication(4).frame + publication(5).frame
+    ]

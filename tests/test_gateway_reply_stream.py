@@ -37,7 +37,7 @@ async def test_replies_arrive_in_order_from_the_server(
 ) -> None:
     """SUBSCRIBE written by the stream is confirmed; published messages follow in order."""
     replies: list[Any] = []
-    stream = ReplyStream.take_over(connection, replies.append)
+    stream = ReplyStream.take_over(connection, replies.append, lambda: None)
     stream.send("SUBSCRIBE", "booking:event:{41}")
     await async_wait_until(lambda: _async(len(replies) == 1), what="the confirmation")
     for n in range(3):
@@ -52,19 +52,22 @@ async def test_a_reply_split_across_reads_or_several_in_one_are_whole(
     connection: AbstractConnection,
 ) -> None:
     replies: list[Any] = []
-    stream = ReplyStream.take_over(connection, replies.append)
+    reads: list[int] = []
+    stream = ReplyStream.take_over(connection, replies.append, lambda: reads.append(len(replies)))
     message = b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$5\r\nhello\r\n"
     stream.data_received(message[:9])
     assert replies == []
     stream.data_received(message[9:] + b"+PONG\r\n" + message)
     assert replies == [[b"message", b"c", b"hello"], b"PONG", [b"message", b"c", b"hello"]]
+    # Each read is announced before its replies: the hub's turn of fan-out.
+    assert reads == [0, 0]
     assert not stream.failed.done()
     stream.close()
 
 
 async def test_an_error_reply_fails_the_stream(connection: AbstractConnection) -> None:
     """Redis refusing a command: the link is no longer trusted, the reason is kept."""
-    stream = ReplyStream.take_over(connection, lambda reply: None)
+    stream = ReplyStream.take_over(connection, lambda reply: None, lambda: None)
     stream.send("NO-SUCH-COMMAND")
     error = await asyncio.wait_for(stream.failed, 5)
     assert isinstance(error, ResponseError)
@@ -75,7 +78,7 @@ async def test_a_callback_that_raises_fails_the_stream(connection: AbstractConne
     def broken(reply: Any) -> None:
         raise ValueError("bug")
 
-    stream = ReplyStream.take_over(connection, broken)
+    stream = ReplyStream.take_over(connection, broken, lambda: None)
     stream.send("PING")
     error = await asyncio.wait_for(stream.failed, 5)
     assert isinstance(error, ValueError)
@@ -84,7 +87,7 @@ async def test_a_callback_that_raises_fails_the_stream(connection: AbstractConne
 async def test_the_server_closing_the_connection_fails_the_stream(
     connection: AbstractConnection, redis: Redis
 ) -> None:
-    stream = ReplyStream.take_over(connection, lambda reply: None)
+    stream = ReplyStream.take_over(connection, lambda reply: None, lambda: None)
     stream.send("CLIENT", "SETNAME", "reply-stream-test")
     await async_wait_until(
         lambda: _named(redis, "reply-stream-test"), what="the connection to be named"
