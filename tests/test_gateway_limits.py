@@ -215,6 +215,21 @@ async def test_token_expiry_closes_unless_refreshed(
     await refreshed.close()
 
 
+async def raw_upgrade(
+    gateway: ServiceProcess, token: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket over a bare socket: the test reads and answers every frame itself."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(
+        f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert b" 101 " in head.split(b"\r\n", 1)[0]
+    return reader, writer
+
+
 async def test_dead_peers_are_dropped(
     service: Start, redis_url: str, token: Callable[..., str]
 ) -> None:
@@ -223,14 +238,7 @@ async def test_dead_peers_are_dropped(
         "gateway",
         {"REDIS_URL": redis_url, "PING_INTERVAL_SECONDS": "0.3", "PING_TIMEOUT_SECONDS": "0.3"},
     )
-    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-    writer.write(
-        f"GET /ws?token={token(10)} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    status = await reader.readline()
-    assert b"101" in status
+    _, writer = await raw_upgrade(gateway, token(10))
     await metric_reaches(gateway, "seatcast_gateway_connections", 1)
 
     async def dropped() -> bool:
@@ -248,13 +256,7 @@ async def test_a_live_peer_is_pinged_again_and_again_and_kept(
         "gateway",
         {"REDIS_URL": redis_url, "PING_INTERVAL_SECONDS": "0.2", "PING_TIMEOUT_SECONDS": "2"},
     )
-    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-    writer.write(
-        f"GET /ws?token={token(10)} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    await reader.readuntil(b"\r\n\r\n")
+    reader, writer = await raw_upgrade(gateway, token(10))
     pings = 0
     async with asyncio.timeout(10):
         while pings < 3:
