@@ -12,6 +12,7 @@ client frames, pings, the 1009 limit) stays uvicorn's.
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from typing import Any, Final, Protocol
 
@@ -124,7 +125,7 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         """uvicorn's next keepalive ping, on the loop's one ping timer instead of its own."""
         assert self.ping_interval is not None
         delay = max(0.0, self.ping_interval - self.last_ping_rtt)
-        _pings(self.loop).watch(self, self.loop.time() + delay)
+        _pings(self.loop).watch(self, time.monotonic() + delay)
 
     def stop_keepalive(self) -> None:
         _pings(self.loop).forget(self)
@@ -161,7 +162,9 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
             self.response.headers.clear()
 
 
-# One ping timer per event loop: a replica has one loop, a test process several.
+# One ping timer per event loop: a replica has one loop, a test process several. The
+# clock is the loop's (monotonic), read without holding the loop, so the entry goes
+# with its loop.
 _PINGS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines[FastWebSocketProtocol]] = (
     weakref.WeakKeyDictionary()
 )
@@ -171,7 +174,7 @@ def _pings(loop: asyncio.AbstractEventLoop) -> Deadlines[FastWebSocketProtocol]:
     pings = _PINGS.get(loop)
     if pings is None:
         pings = _PINGS[loop] = Deadlines(
-            _send_ping, now=loop.time, resolution=PING_RESOLUTION_SECONDS
+            _send_ping, now=time.monotonic, resolution=PING_RESOLUTION_SECONDS
         )
     return pings
 

@@ -7,9 +7,10 @@ its backlog plus what waits for this turn must fit OUTBOUND_BUFFER_BYTES, or
 the client is closed with 4008. A close request writes the close frame at
 once (`FrameSink.close_now`), which also ends the session's reading.
 
-The writer also decides when the hub may bypass it (`Subscription.direct`):
-while it is open and holds no gathered frames, a publication written
-straight to the transport cannot overtake anything of this writer's.
+The writer also decides when the hub may bypass it: while it is open and
+holds no gathered frames, its subscriptions are attached to its transport
+(`Subscription.attach_transport`), and a publication the hub writes there
+itself cannot overtake anything of this writer's.
 """
 
 from __future__ import annotations
