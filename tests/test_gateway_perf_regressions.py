@@ -63,10 +63,12 @@ async def test_any_pubsub_reply_counts_as_keepalive_answer() -> None:
     assert link.awaiting_pong is False
     # Also while a gap fill holds the replies back: they prove the link alive all the same.
     link.awaiting_pong = True
-    link.catching_up = asyncio.create_task(asyncio.sleep(0))
+    gap_fill = asyncio.Event()
+    link.catching_up = asyncio.create_task(gap_fill.wait())  # a history read in progress
     broker._on_reply(link, [b"message", event_channel(5).encode(), b"{}"])
     assert link.awaiting_pong is False
     assert len(link.backlog) == 1
+    gap_fill.set()
     await link.catching_up
 
 
