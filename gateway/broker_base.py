@@ -120,10 +120,14 @@ class BrokerBase:
         """Hand on the history entries `first..last` (to the end when None) the hub lacks."""
         async with asyncio.timeout(self._history_timeout):
             publications = await self._history.read(event_id, first, last)
-        if last is not None and (not publications or publications[0].seq != first):
+        oldest = publications[0].seq if publications else None
+        # After a reconnect (`last` None) an empty read only means nothing was missed.
+        if (oldest is None and last is not None) or (oldest is not None and oldest > first):
+            # More changes than HISTORY_SIZE since the link was lost: these watchers
+            # miss `first` to `oldest - 1`, and the contract has no way to tell them.
             logger.warning(
                 "history no longer holds a gap",
-                extra={"eventId": event_id, "first": first, "last": last},
+                extra={"eventId": event_id, "first": first, "last": last, "oldest": oldest},
             )
         for publication in publications:
             if self._hand_on(publication):

@@ -23,6 +23,7 @@ from gateway.cluster_slots import parse_cluster_slots
 from shared.channels import event_channel
 from tests.support.processes import ServiceProcess
 from tests.support.redis_cluster import RedisClusterServers, cluster_skip_reason
+from tests.support.stack import OUTAGE_HISTORY_SIZE
 from tests.support.watching import (
     BookingLoad,
     RecordingWatcher,
@@ -124,7 +125,10 @@ def stack(
     cluster.flush()
     env = {"REDIS_URL": cluster.url}
     gateways = [service("gateway", env) for _ in range(2)]
-    api = service("booking_api", {**env, "DATABASE_URL": database_url})
+    api = service(
+        "booking_api",
+        {**env, "DATABASE_URL": database_url, "HISTORY_SIZE": OUTAGE_HISTORY_SIZE},
+    )
     return Stack(cluster, api, gateways, token(1, admin=True), [token(100 + n) for n in range(8)])
 
 

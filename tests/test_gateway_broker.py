@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.broker_base import BrokerBase
 from gateway.broker_redis import RedisBroker
 from gateway.flusher import Flusher
 from gateway.history import History
@@ -291,3 +293,32 @@ async def test_history_reads_queue_instead_of_failing(redis: aioredis.Redis) -> 
     reads = await asyncio.gather(*(history.read(3, 1) for _ in range(500)))
     assert {(s.seq, s.available_seats) for s in states} == {(1, 99)}
     assert {tuple(p.seq for p in r) for r in reads} == {(1,)}
+
+
+class TrimmedHistory:
+    """History that kept only seqs 9 and 10 of event 31 (HISTORY_SIZE outrun)."""
+
+    async def read(
+        self, event_id: int, first_seq: int, last_seq: int | None = None
+    ) -> list[Publication]:
+        return [
+            Publication(change(event_id, seq).payload(), event_id, seq)
+            for seq in (9, 10)
+            if seq >= first_seq and (last_seq is None or seq <= last_seq)
+        ]
+
+
+async def test_a_reconnect_fill_that_history_no_longer_covers_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After a reconnect, history starting past the gap says which seqs watchers missed."""
+    broker = BrokerBase(TrimmedHistory(), Stats(), subscribe_timeout=1, history_timeout=1)  # type: ignore[arg-type]
+    recorder = Recorder()
+    broker._handler = recorder
+    broker._desired.add(31)
+    broker._last_seq[31] = 5
+    with caplog.at_level(logging.WARNING, logger="gateway.broker_base"):
+        await broker._fill_after_reconnect(31)
+    assert recorder.received == {31: [9, 10]}
+    [record] = [r for r in caplog.records if r.getMessage() == "history no longer holds a gap"]
+    assert (record.first, record.oldest) == (6, 9)  # type: ignore[attr-defined]
