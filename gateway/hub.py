@@ -7,13 +7,13 @@ to each watcher, skipping what a watcher already has; the flusher writes what
 the writers gathered at the end of the loop turn.
 
 A watcher in the steady state (live, its writer open and holding nothing
-for this turn) carries its connection's transport in `direct`, and the hub
-writes the frame to it itself. With a thousand watchers the fan-out is
-bound by memory, not by instructions: between two messages the load client
-and Redis evict the caches, and every object touched per watcher is a miss.
-The direct path touches the subscription and the transport, as a bare
-`write()` loop does; the writer, its buffers and the protocol stay cold
-(issue 4: paced CPU per delivery 6.6 -> 5.1 µs, the floor's 4.2 to 4.8).
+for this turn) is attached: its entry in the event's `Watchers` holds its
+connection's transport, and the hub writes the frame to it itself. With a
+thousand watchers the fan-out is bound by memory, not by instructions:
+between two messages the load client and Redis evict the caches, and every
+object touched per watcher is a miss. The direct path reads the dict entry
+and the transport, as a bare `write()` loop does; the subscription, the
+writer, its buffers and the protocol stay cold (issue 4's paced profile).
 """
 
 from __future__ import annotations

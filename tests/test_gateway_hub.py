@@ -22,7 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from gateway.broker import BrokerEventHandler, BrokerUnavailable
 from gateway.flusher import Flusher
 from gateway.history import EventState
-from gateway.hub import Hub, Subscription
+from gateway.hub import LOCK_SHARDS, Hub, Subscription
 from gateway.metrics import Stats
 from gateway.publication import Publication
 from gateway.replica import Replica, Runtime
@@ -31,7 +31,7 @@ from gateway.writer import Writer
 from shared.settings import gateway_settings
 from shared.tokens import Claims, TokenVerifier
 from tests.conftest import JWT_SECRET
-from tests.support.wait import async_wait_until
+from tests.support.wait import async_wait_until, scheduled_callbacks_run
 
 EVENTS = range(1, 7)
 
@@ -55,7 +55,7 @@ class MemoryBroker:
         assert event_id not in self.subscribed, "the hub subscribed an event twice"
         self.subscribe_calls += 1
         self.subscribed.add(event_id)
-        await asyncio.sleep(0)
+        await scheduled_callbacks_run()  # a round trip's worth of other tasks run first
         await self.gate.wait()
         if event_id in self.failing:
             raise BrokerUnavailable(f"event {event_id}")
@@ -70,13 +70,13 @@ class MemoryBroker:
 
 class EmptyHistory:
     async def state(self, event_id: int) -> EventState:
-        await asyncio.sleep(0)
+        await scheduled_callbacks_run()  # as a Redis read would, let others run
         return EventState(seq=None, available_seats=None)
 
     async def read(
         self, event_id: int, first_seq: int, last_seq: int | None = None
     ) -> list[Publication]:
-        await asyncio.sleep(0)
+        await scheduled_callbacks_run()  # as a Redis read would, let others run
         return []
 
 
@@ -285,8 +285,9 @@ async def test_concurrent_first_watchers_subscribe_once_and_wait(broker: MemoryB
     broker.gate.clear()
     tasks = [asyncio.create_task(hub.subscribe(Subscription(9, writer()))) for _ in range(20)]
     await until(lambda: broker.subscribe_calls == 1)
-    for _ in range(10):  # let every task run up to the hub's lock: they must all still wait
-        await asyncio.sleep(0)
+    lock = hub._locks[9 % LOCK_SHARDS]
+    # The other 19 queue on the hub's lock for the event: none may start before the broker.
+    await until(lambda: len(lock._waiters or ()) == 19)  # type: ignore[attr-defined]
     assert not any(task.done() for task in tasks)
     broker.gate.set()
     await asyncio.gather(*tasks)

@@ -254,7 +254,7 @@ class BookingLoad:
                 )
         except httpx.TransportError as error:
             self.failures.append((0, type(error).__name__))
-            await asyncio.sleep(0.05)  # pace retries while the API is unreachable
+            await asyncio.sleep(0.05)  # poll: the load retries until the API answers again
             return
         finally:
             self.slowest = max(self.slowest, time.monotonic() - started)
@@ -266,7 +266,7 @@ class BookingLoad:
             return
         code = _error_code(response)
         self.failures.append((response.status_code, code))
-        await asyncio.sleep(0.05)  # pace retries while the API reports it is unavailable
+        await asyncio.sleep(0.05)  # poll: the load retries until the API is available again
 
 
 def _bearer(token: str) -> dict[str, str]:
