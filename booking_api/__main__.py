@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import uvicorn
 import uvloop
+from starlette.applications import Starlette
 
 from booking_api import migrations
 from booking_api.app import create_app
@@ -43,9 +44,9 @@ async def prepare_database(url: str) -> str | None:
     return None
 
 
-async def serve(settings: ApiSettings) -> None:
+async def serve(settings: ApiSettings, app: Starlette) -> None:
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=logs.uvicorn_log_config(settings.log_level),
@@ -60,12 +61,16 @@ async def serve(settings: ApiSettings) -> None:
 def main() -> None:
     settings = load_or_exit(api_settings, "booking_api")
     logs.configure(settings.log_level)
+    try:
+        app = create_app(settings)
+    except ValueError as error:  # a JWT key that cannot verify tokens; the text names it
+        fail(str(error))
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         problem = runner.run(prepare_database(settings.database_url))
         if problem is not None:
             fail(problem)
         logger.info("serving", extra={"host": settings.host, "port": settings.port})
-        runner.run(serve(settings))
+        runner.run(serve(settings, app))
 
 
 if __name__ == "__main__":

@@ -5,21 +5,29 @@ on every connection. The protocol offers itself to the app as a `FrameSink`
 in the ASGI scope's extensions; the writer then writes whole frames (several
 coalesced into one `write()`) to its transport, instead of one `send()`
 coroutine per delivery that frames the same text again for each watcher.
-Closes are written at once too (`close_now`). Everything else (handshake,
-client frames, pings, the 1009 limit) stays uvicorn's.
+Closes are written at once too (`close_now`), and a well-formed upgrade
+request is answered without a second parse (gateway/handshake.py).
+Everything else (refused handshakes, client frames, pings, the 1009 limit)
+stays uvicorn's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
 from typing import Any, Final, Protocol
+from urllib.parse import unquote
 
+from uvicorn.protocols.utils import ClientDisconnected, get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from gateway.deadlines import Deadlines
+from gateway.handshake import Upgrade, read_upgrade, switching_protocols
 from gateway.mailbox import Flag, Mailbox
 
 # The scope extension under which the protocol offers itself.
@@ -41,6 +49,8 @@ class FrameSink(Protocol):
     transport: asyncio.Transport
     # True once a close frame went out: no data frame may follow it.
     close_sent: bool
+    # The 101 response while it waits to share the first frame's write; None once written.
+    head: bytes | None
 
     def close_now(self, code: int, reason: str) -> None: ...
 
@@ -73,6 +83,7 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
     # The per-connection ones live in slots instead, and the dict keeps the rest
     # few enough to share its keys (issue 4's memory profile).
     __slots__ = (
+        "accept_header",
         "client",
         "close_sent",
         "close_timer",
@@ -81,6 +92,7 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         "frames",
         "handshake_complete",
         "handshake_initiated",
+        "head",
         "initial_response",
         "last_ping_rtt",
         "pending_ping_payload",
@@ -99,6 +111,53 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue = Mailbox()  # type: ignore[assignment]
         self.writable = Flag()  # type: ignore[assignment]
         self.writable.set()
+        # The `Sec-WebSocket-Accept` value until the app accepts; None once sent, or
+        # when websockets handled the handshake.
+        self.accept_header: str | None = None
+        self.head: bytes | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.head is not None:  # a client that did not wait for the 101
+            self.flush_head()
+        if self.handshake_initiated or self.config.ws_per_message_deflate:
+            super().data_received(data)
+            return
+        upgrade = read_upgrade(data)
+        if upgrade is None:  # websockets judges it, and answers a refusal
+            super().data_received(data)
+            return
+        self._open(upgrade)
+
+    def _open(self, upgrade: Upgrade) -> None:
+        """uvicorn's `handle_connect` for a request `read_upgrade` vouched for."""
+        self.handshake_initiated = True
+        self.accept_header = upgrade.accept
+        # Past the request: from here on websockets reads frames only.
+        self.conn = ServerProtocol(
+            state=State.OPEN, max_size=self.config.ws_max_size, logger=self.conn.logger
+        )
+        raw_path, _, query_string = upgrade.target.partition("?")
+        extensions: dict[str, Any] = {"websocket.http.response": {}, FRAME_SINK_EXTENSION: self}
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": self.root_path,
+            "path": self.root_path + unquote(raw_path),
+            "raw_path": (self.root_path + raw_path).encode("ascii"),
+            "query_string": query_string.encode("ascii"),
+            "headers": upgrade.headers,
+            "subprotocols": [],
+            "state": self.app_state.copy(),
+            "extensions": extensions,
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -131,6 +190,16 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         _pings(self.loop).forget(self)
         super().stop_keepalive()
 
+    def flush_head(self) -> None:
+        """Write the held 101 response, if no frame has carried it yet."""
+        head, self.head = self.head, None
+        if head is not None and not self.transport.is_closing():
+            self.transport.write(head)
+
+    def shutdown(self) -> None:
+        self.flush_head()
+        super().shutdown()
+
     def close_now(self, code: int, reason: str) -> None:
         """Send a close frame at once, without awaiting, and end the app's `receive()`.
 
@@ -139,6 +208,7 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         queues behind whatever the transport holds; a peer that has not
         answered it after `close_timeout` (10 s) is dropped.
         """
+        self.flush_head()
         if self.close_sent or self.transport.is_closing():
             return
         try:
@@ -156,10 +226,42 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
 
     async def send(self, message: Any) -> None:
+        accepting = message["type"] == "websocket.accept" and self.initial_response is None
+        if accepting and self.accept_header is not None:
+            await self._accept(message)
+            return
+        self.flush_head()
         await super().send(message)
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # Sent; only a rejection before accepting would still need it.
             self.response.headers.clear()
+
+    async def _accept(self, message: Any) -> None:
+        """uvicorn's `websocket.accept` for a handshake `_open` read, its response held.
+
+        The app's first frame (`connection_established`) follows in the same
+        loop turn: the writer sends both in one `write()`, a syscall and a TCP
+        segment fewer per connect. Should the app write nothing, the response
+        goes out alone at the end of the turn; every other write flushes it
+        first.
+        """
+        await self.writable.wait()
+        if self.disconnected:
+            raise ClientDisconnected()
+        if self.logger.isEnabledFor(logging.INFO):
+            path = get_path_with_query_string(self.scope)
+            self.logger.info('%s - "WebSocket %s" [accepted]', get_client_addr(self.scope), path)
+        extra = self.default_headers + list(message.get("headers", []))
+        headers = [(name.lower(), value) for name, value in extra]
+        if message.get("subprotocol"):
+            headers.append((b"Sec-WebSocket-Protocol", message["subprotocol"].encode()))
+        accept, self.accept_header = self.accept_header, None
+        assert accept is not None
+        if not self.transport.is_closing():
+            self.handshake_complete = True
+            self.head = switching_protocols(accept, headers)
+            self.loop.call_soon(self.flush_head)
+            self.start_keepalive()
 
 
 # One ping timer per event loop: a replica has one loop, a test process several. The

@@ -149,6 +149,10 @@ class FrameWriter:
         if backlog and backlog + len(data) > self._limit_bytes:
             self._overflowed()
         elif not (self._sink.close_sent or transport.is_closing()):
+            head = self._sink.head
+            if head is not None:  # the 101 response, held for this write
+                self._sink.head = None
+                data = head + data
             transport.write(data)
             self._stats.deliveries += deliveries
 

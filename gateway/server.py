@@ -69,8 +69,8 @@ def serve(settings: GatewaySettings, sockets: list[socket.socket] | None = None)
     """Serve one replica in this process until drained."""
     try:
         app = create_app(settings)
-    except ValueError as error:
-        fail(f"JWT_PUBLIC_KEY: {error}")
+    except ValueError as error:  # a JWT key that cannot verify tokens; the text names it
+        fail(str(error))
     config = uvicorn_config(settings, app)
     logging.getLogger("uvicorn.error").addFilter(NoFrameTraces())
     heap.tune()

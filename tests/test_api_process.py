@@ -79,9 +79,12 @@ def test_bad_database_url_exits_2_with_one_line(url: str, needles: tuple[str, ..
     assert "hunter2" not in result.stderr
 
 
-@pytest.mark.parametrize("secret", [None, "", "too-short"])
+@pytest.mark.parametrize(
+    "secret", [None, "", "too-short", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"]
+)
 def test_missing_or_short_jwt_secret_exits_2(secret: str | None, database_url: str) -> None:
-    """JWT_SECRET missing, empty or under 32 bytes: exit 2 with a line naming JWT_SECRET."""
+    """JWT_SECRET missing, empty, under 32 bytes or shaped like a key pyjwt refuses as an
+    HMAC secret: exit 2 with a line naming JWT_SECRET."""
     env = {"DATABASE_URL": database_url}
     if secret is not None:
         env["JWT_SECRET"] = secret

@@ -48,6 +48,11 @@ def change(event_id: int, seq: int) -> SeatChange:
             "JWT_PUBLIC_KEY",
         ),
         ({"PORT": "70000"}, "PORT"),
+        # pyjwt refuses a key-shaped HMAC secret: at start, not on every token.
+        (
+            {"JWT_SECRET": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"},
+            "JWT_SECRET",
+        ),
     ],
 )
 def test_bad_settings_stop_with_one_line(env: dict[str, str], names: str) -> None:

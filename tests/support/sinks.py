@@ -51,6 +51,7 @@ class RecordingSink:
     def __init__(self, buffered: int = 0) -> None:
         self.transport = RecordingTransport(buffered)
         self.close_sent = False
+        self.head: bytes | None = None
         self.closes: list[tuple[int, str]] = []
 
     def close_now(self, code: int, reason: str) -> None:
