@@ -78,9 +78,8 @@ class _PreparedHmac(HMACAlgorithm):
     """HS256 whose secret pyjwt checks once, not for every token.
 
     pyjwt makes sure an HMAC secret is no PEM, SSH, DER or JWK key by parsing
-    it each time it verifies a token: half of a token's 40 µs, and a tenth of
-    the gateway's CPU per connect (issue 4's connect profile). The secret
-    never changes, so the check's outcome does not either.
+    it each time it verifies a token: half of a token's 40 µs (issue 4's
+    connect profile). The secret never changes, so neither does the outcome.
     """
 
     def __init__(self, secret: str) -> None:
