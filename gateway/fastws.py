@@ -122,6 +122,9 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.handshake_initiated or self.config.ws_per_message_deflate:
             super().data_received(data)
             return
+        # uvicorn hands the upgrade request on whole, as the first bytes: it is read
+        # once, here or by websockets, never again from what a client sends next.
+        self.handshake_initiated = True
         upgrade = read_upgrade(data)
         if upgrade is None:  # websockets judges it, and answers a refusal
             super().data_received(data)
@@ -130,7 +133,6 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _open(self, upgrade: Upgrade) -> None:
         """uvicorn's `handle_connect` for a request `read_upgrade` vouched for."""
-        self.handshake_initiated = True
         self.accept_header = upgrade.accept
         # Past the request: from here on websockets reads frames only.
         self.conn = ServerProtocol(

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
+from gateway.fastws import FastWebSocketProtocol
 from gateway.flusher import Flusher
 from gateway.frame_writer import FrameWriter
 from gateway.handshake import read_upgrade, switching_protocols
 from gateway.metrics import Stats
 from gateway.publication import outgoing
 from tests.support.processes import ServiceProcess
-from tests.support.sinks import RecordingSink
+from tests.support.sinks import RecordingSink, RecordingTransport
 
 Start = Callable[..., ServiceProcess]
 
@@ -165,6 +168,40 @@ async def test_the_held_response_shares_the_first_write_only() -> None:
     writer.gather(second)
     writer.flush()
     assert sink.writes[1:] == [second.frame]
+
+
+class PeerTransport(RecordingTransport):
+    """A recording transport with the addresses uvicorn asks a new connection for."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
+            name, default
+        )
+
+    def close(self) -> None:
+        self.closing = True
+
+
+async def no_app(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("no connection should reach the app")
+
+
+async def test_only_the_first_bytes_are_read_as_the_request() -> None:
+    """A request websockets could not parse is not followed by a second try from later bytes."""
+    config = uvicorn.Config(no_app, ws_per_message_deflate=False, log_level="warning")
+    config.load()
+    state = uvicorn.server.ServerState()
+    protocol = FastWebSocketProtocol(config=config, server_state=state, app_state={})
+    transport = PeerTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(request([*HEADERS, ("x-long", "a" * 9000)]))
+    protocol.data_received(request(HEADERS))
+    assert getattr(protocol, "scope", None) is None
+    assert protocol.accept_header is None
+    assert not protocol.tasks
 
 
 async def handshake(port: int, raw: bytes) -> tuple[bytes, bytes]:
