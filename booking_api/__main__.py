@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from booking_api import migrations
 from booking_api.app import create_app
 from shared import logs
+from shared.quiet_server import QuietServer
 from shared.settings import ApiSettings, api_settings, fail, load_or_exit
 
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -55,7 +56,7 @@ async def serve(settings: ApiSettings, app: Starlette) -> None:
         server_header=False,
         lifespan="on",
     )
-    await uvicorn.Server(config).serve()
+    await QuietServer(config).serve()
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """SIGTERM: report not-ready at once, close connections with 1012 spread over the
 drain window so clients do not all reconnect at the same moment, exit within it.
 
-`DrainingServer` is uvicorn's server with the first SIGTERM/SIGINT turned
-into a drain; uvicorn's own shutdown then finds little or nothing left to
+`DrainingServer` is uvicorn's server (its quiet main loop) with the first
+SIGTERM/SIGINT turned into a drain; uvicorn's own shutdown then finds little or nothing left to
 close. A second signal stops at once, as uvicorn would.
 """
 
@@ -19,6 +19,7 @@ import uvicorn
 
 from gateway import heap
 from gateway.replica import Replica
+from shared.quiet_server import QuietServer
 
 SERVICE_RESTART: Final = 1012
 DRAIN_REASON: Final = "Server shutting down, reconnect elsewhere"
@@ -49,22 +50,16 @@ async def drain(replica: Replica) -> None:
         logger.warning("drain window over", extra={"connections": len(replica.sessions)})
 
 
-class DrainingServer(uvicorn.Server):
+class DrainingServer(QuietServer):
     """A uvicorn server whose first shutdown signal drains the replica first."""
 
     def __init__(self, config: uvicorn.Config, replica: Replica) -> None:
         super().__init__(config)
         self._replica = replica
-        # The serving loop, for the signal handler; None before `serve`.
-        self._loop: asyncio.AbstractEventLoop | None = None
         # True from the first shutdown signal on.
         self._drain_requested = False
         # The drain in progress; None until the first signal.
         self._drain_task: asyncio.Task[None] | None = None
-
-    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
-        self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)  # type: ignore[arg-type]
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
