@@ -51,7 +51,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add(
         "--servers",
         default=DEFAULT_SERVERS,
-        help=f"comma-separated: floor, gateway[:<WS_IMPL>[:<WORKERS>]] (default {DEFAULT_SERVERS})",
+        help=(
+            "comma-separated: floor, gateway[:<WS_IMPL>[:<WORKERS>[:<SOCKET_TRANSPORT>]]] "
+            f"(default {DEFAULT_SERVERS})"
+        ),
     )
     add("--runs", type=int, help="runs of every server (default 2, quick 1)")
     add("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")

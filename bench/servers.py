@@ -1,7 +1,7 @@
 """The servers under test: the floor, and the gateway with each WebSocket implementation.
 
-`--servers floor,gateway:websockets,gateway:fast:2` names them: `floor`, or
-`gateway[:<WS_IMPL>[:<WORKERS>]]`.
+`--servers floor,gateway:websockets,gateway:fast:2,gateway:fast:1:aiofastnet` names
+them: `floor`, or `gateway[:<WS_IMPL>[:<WORKERS>[:<SOCKET_TRANSPORT>]]]`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,11 @@ from shared.settings import GATEWAY_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[1]
 WS_IMPLS = ("auto", "websockets", "websockets-sansio", "wsproto", "fast")
-DEFAULT_SERVERS = "floor,gateway:websockets,gateway:websockets-sansio,gateway:wsproto,gateway:fast"
+SOCKET_TRANSPORTS = ("uvloop", "aiofastnet")
+DEFAULT_SERVERS = (
+    "floor,gateway:websockets,gateway:websockets-sansio,gateway:wsproto,gateway:fast,"
+    "gateway:fast:1:aiofastnet"
+)
 # A 200-message burst to one client is ~40 KB; nothing in a benchmark should overflow.
 OUTBOUND_BUFFER_BYTES = 8 << 20
 START_SECONDS = 30.0
@@ -61,6 +65,7 @@ class ServerSpec:
     # None: the floor server.
     ws_impl: str | None
     workers: int = 1
+    socket_transport: str = "uvloop"
 
     @property
     def is_floor(self) -> bool:
@@ -82,13 +87,20 @@ def _parse_server(name: str) -> ServerSpec:
     if name == "floor":
         return ServerSpec(name, None)
     kind, _, rest = name.partition(":")
-    impl, _, workers = rest.partition(":")
-    impl = impl or "auto"
-    if kind != "gateway" or impl not in WS_IMPLS or not (workers or "1").isdigit():
+    impl, _, rest = rest.partition(":")
+    workers, _, transport = rest.partition(":")
+    impl, workers, transport = impl or "auto", workers or "1", transport or "uvloop"
+    if (
+        kind != "gateway"
+        or impl not in WS_IMPLS
+        or not workers.isdigit()
+        or transport not in SOCKET_TRANSPORTS
+    ):
         raise ValueError(
-            f"unknown server {name!r}: use floor or gateway[:<{'|'.join(WS_IMPLS)}>[:<workers>]]"
+            f"unknown server {name!r}: use floor or gateway[:<{'|'.join(WS_IMPLS)}>"
+            f"[:<workers>[:<{'|'.join(SOCKET_TRANSPORTS)}>]]]"
         )
-    return ServerSpec(name, impl, int(workers or "1"))
+    return ServerSpec(name, impl, int(workers), transport)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +180,7 @@ class ServerProcess:
             DRAIN_SECONDS="0",
             WORKERS=str(self.spec.workers),
             WS_IMPL=self.spec.ws_impl or "auto",
+            SOCKET_TRANSPORT=self.spec.socket_transport,
         )
         return env
 

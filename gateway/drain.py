@@ -19,6 +19,7 @@ import uvicorn
 
 from gateway import heap
 from gateway.replica import Replica
+from gateway.transports import serve_clients_with
 from shared.quiet_server import QuietServer
 
 SERVICE_RESTART: Final = 1012
@@ -62,6 +63,10 @@ class DrainingServer(QuietServer):
         self._drain_task: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn creates its listening server in `startup`: pick the clients' transports first.
+        transport = self._replica.settings.socket_transport
+        serve_clients_with(asyncio.get_running_loop(), transport)
+        logger.info("serving clients", extra={"socketTransport": transport})
         await super().startup(sockets)
         # The lifespan has run: what exists now lives as long as the process.
         heap.freeze_startup_heap()

@@ -39,6 +39,7 @@ GATEWAY_VARIABLES = (
     "OUTBOUND_BUFFER_BYTES",
     "WORKERS",
     "WS_IMPL",
+    "SOCKET_TRANSPORT",
 )
 
 Env = Mapping[str, str]
@@ -87,6 +88,8 @@ class GatewaySettings(CommonSettings):
     outbound_buffer_bytes: int
     workers: int
     ws_impl: str
+    # Whose transports carry client sockets: "uvloop" or "aiofastnet" (gateway/transports.py).
+    socket_transport: str
 
 
 def _text(env: Env, name: str, default: str | None = None) -> str:
@@ -242,6 +245,7 @@ def gateway_settings(env: Env) -> GatewaySettings:
         ws_impl=_choice(
             env, "WS_IMPL", "auto", ("auto", "websockets", "websockets-sansio", "wsproto", "fast")
         ),
+        socket_transport=_choice(env, "SOCKET_TRANSPORT", "uvloop", ("uvloop", "aiofastnet")),
     )
 
 

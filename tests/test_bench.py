@@ -211,15 +211,26 @@ def test_upgrade_answer_must_be_101_with_the_right_accept() -> None:
 
 
 def test_server_list_parses_variants_and_refuses_unknown_ones() -> None:
-    """`floor`, `gateway`, `gateway:<impl>[:<workers>]`; anything else is an error."""
-    specs = parse_servers("floor, gateway, gateway:wsproto, gateway:fast:2")
-    assert [(s.ws_impl, s.workers) for s in specs] == [
-        (None, 1),
-        ("auto", 1),
-        ("wsproto", 1),
-        ("fast", 2),
+    """`floor`, `gateway`, `gateway:<impl>[:<workers>[:<transport>]]`; anything else is an error."""
+    specs = parse_servers(
+        "floor, gateway, gateway:wsproto, gateway:fast:2, gateway:fast:1:aiofastnet"
+    )
+    assert [(s.ws_impl, s.workers, s.socket_transport) for s in specs] == [
+        (None, 1, "uvloop"),
+        ("auto", 1, "uvloop"),
+        ("wsproto", 1, "uvloop"),
+        ("fast", 2, "uvloop"),
+        ("fast", 1, "aiofastnet"),
     ]
-    for bad in ("", "nginx", "gateway:quick", "gateway:fast:two", "floor,floor"):
+    bad_names = (
+        "",
+        "nginx",
+        "gateway:quick",
+        "gateway:fast:two",
+        "gateway:fast:1:tcp",
+        "floor,floor",
+    )
+    for bad in bad_names:
         with pytest.raises(ValueError, match="server"):
             parse_servers(bad)
 

@@ -1,7 +1,10 @@
 """Contract section 5 end to end: two real `python -m gateway` replicas on one real Redis.
 
 The replicas and Redis are shared by the module; every test uses its own
-event ids, so tests do not hear each other.
+event ids, so tests do not hear each other. The first replica, which most
+tests talk to, carries its clients on aiofastnet's transports
+(SOCKET_TRANSPORT=aiofastnet), the second on uvloop's, the default that the
+other modules' gateways use: the contract holds on both, and across them.
 """
 
 from __future__ import annotations
@@ -49,7 +52,10 @@ def module_redis() -> Iterator[RedisServer]:
 @pytest.fixture(scope="module")
 def replicas(module_redis: RedisServer) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
     env = {"JWT_SECRET": JWT_SECRET, "LOG_LEVEL": "info", "REDIS_URL": module_redis.url}
-    started = [ServiceProcess("gateway", env) for _ in range(2)]
+    started = [
+        ServiceProcess("gateway", {**env, "SOCKET_TRANSPORT": transport})
+        for transport in ("aiofastnet", "uvloop")
+    ]
     try:
         for process in started:
             process.start()
@@ -57,6 +63,15 @@ def replicas(module_redis: RedisServer) -> Iterator[tuple[ServiceProcess, Servic
     finally:
         for process in started:
             process.close()
+
+
+def test_each_replica_serves_clients_on_its_socket_transport(
+    replicas: tuple[ServiceProcess, ServiceProcess],
+) -> None:
+    """The first replica's clients ride aiofastnet's transports, the second's uvloop's."""
+    for replica, transport in zip(replicas, ("aiofastnet", "uvloop"), strict=True):
+        [line] = [line for line in replica.logs().splitlines() if "serving clients" in line]
+        assert orjson.loads(line)["socketTransport"] == transport
 
 
 @pytest.fixture
