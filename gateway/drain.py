@@ -2,8 +2,9 @@
 drain window so clients do not all reconnect at the same moment, exit within it.
 
 `DrainingServer` is uvicorn's server (its quiet main loop) with the first
-SIGTERM/SIGINT turned into a drain; uvicorn's own shutdown then finds little or nothing left to
-close. A second signal stops at once, as uvicorn would.
+SIGTERM/SIGINT turned into a drain; uvicorn's own shutdown then finds little
+or nothing left to close. A second signal stops at once, as uvicorn would. It
+also picks the transports the clients' sockets get (SOCKET_TRANSPORT).
 """
 
 from __future__ import annotations
