@@ -26,7 +26,8 @@ def _app() -> Starlette:
 
 
 def _config(**options: object) -> uvicorn.Config:
-    config = uvicorn.Config(_app(), port=free_port(), log_level="warning", **options)  # type: ignore[arg-type]
+    # No log_config: the test process's logging stays as it was.
+    config = uvicorn.Config(_app(), port=free_port(), log_config=None, **options)  # type: ignore[arg-type]
     config.load()
     return config
 
