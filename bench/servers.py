@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import procstat
-from shared.settings import GATEWAY_VARIABLES
+from shared.settings import GATEWAY_VARIABLES, SOCKET_TRANSPORTS
 
 ROOT = Path(__file__).resolve().parents[1]
 WS_IMPLS = ("auto", "websockets", "websockets-sansio", "wsproto", "fast")
-SOCKET_TRANSPORTS = ("uvloop", "aiofastnet")
 DEFAULT_SERVERS = (
     "floor,gateway:websockets,gateway:websockets-sansio,gateway:wsproto,gateway:fast,"
     "gateway:fast:1:aiofastnet"
@@ -65,7 +64,7 @@ class ServerSpec:
     # None: the floor server.
     ws_impl: str | None
     workers: int = 1
-    socket_transport: str = "uvloop"
+    socket_transport: str = SOCKET_TRANSPORTS[0]
 
     @property
     def is_floor(self) -> bool:
@@ -89,7 +88,7 @@ def _parse_server(name: str) -> ServerSpec:
     kind, _, rest = name.partition(":")
     impl, _, rest = rest.partition(":")
     workers, _, transport = rest.partition(":")
-    impl, workers, transport = impl or "auto", workers or "1", transport or "uvloop"
+    impl, workers, transport = impl or "auto", workers or "1", transport or SOCKET_TRANSPORTS[0]
     if (
         kind != "gateway"
         or impl not in WS_IMPLS

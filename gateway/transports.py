@@ -5,8 +5,8 @@ transport class carries every client socket. aiofastnet (aio-libs) offers
 Cython transports for any asyncio loop, uvloop included: its `write()` is a
 direct `send()` with little bookkeeping around it, and accepting a
 connection costs less. In `make bench` that took a replica from about 2,000
-to about 3,000 connects/s and routing from 1.30 to 1.16 times the floor, at
-about 5 KiB more per connection (each transport embeds an array of 256
+to about 3,000 connects/s and routing from a median 1.33 to 1.19 times the
+floor, at about 5 KiB more per connection (each transport embeds an array of 256
 `iovec`s for gathered writes). SOCKET_TRANSPORT picks; uvloop stays the
 default while memory per idle client matters more than those (README:
 Fan-out performance).

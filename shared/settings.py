@@ -42,6 +42,9 @@ GATEWAY_VARIABLES = (
     "SOCKET_TRANSPORT",
 )
 
+# SOCKET_TRANSPORT's values; the first is the default (gateway/transports.py).
+SOCKET_TRANSPORTS = ("uvloop", "aiofastnet")
+
 Env = Mapping[str, str]
 
 
@@ -245,7 +248,7 @@ def gateway_settings(env: Env) -> GatewaySettings:
         ws_impl=_choice(
             env, "WS_IMPL", "auto", ("auto", "websockets", "websockets-sansio", "wsproto", "fast")
         ),
-        socket_transport=_choice(env, "SOCKET_TRANSPORT", "uvloop", ("uvloop", "aiofastnet")),
+        socket_transport=_choice(env, "SOCKET_TRANSPORT", SOCKET_TRANSPORTS[0], SOCKET_TRANSPORTS),
     )
 
 

@@ -80,3 +80,23 @@ async def test_an_idle_server_has_no_timer_and_exit_wakes_it() -> None:
     finally:
         server.should_exit = server.force_exit = True
         await asyncio.wait([serving])
+
+
+async def test_a_request_limit_still_ends_the_server() -> None:
+    """With `limit_max_requests` (which only uvicorn's ticks check) the server keeps uvicorn's
+    own loop, so the limit still stops it."""
+    config = _config(limit_max_requests=1, limit_max_requests_jitter=0)
+    server = QuietServer(config)
+    serving = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        return server.started
+
+    try:
+        await async_wait_until(started, timeout=10, what="serving")
+        async with httpx.AsyncClient(headers={"Connection": "close"}) as client:
+            assert (await client.get(f"http://127.0.0.1:{config.port}/")).text == "ok"
+        await asyncio.wait_for(asyncio.shield(serving), timeout=5)
+    finally:
+        server.should_exit = server.force_exit = True
+        await asyncio.wait([serving])
