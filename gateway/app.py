@@ -150,10 +150,12 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     # Read and done with: kept, the headers would cost every idle client 0.7 KiB.
     websocket.scope["headers"] = []
     replica.add_session(session)
+    handed_over = False
     try:
-        await session.run(websocket.path_params.get("event_id"))
+        handed_over = await session.run(websocket.path_params.get("event_id"))
     finally:
-        replica.remove_session(session)
+        if not handed_over:  # else the session leaves the replica when it ends
+            replica.remove_session(session)
 
 
 def _admit(websocket: WebSocket, replica: Replica) -> Session | tuple[int, str]:

@@ -7,31 +7,53 @@ memory profile, about a fifth of it. The protocol uses `put_nowait`, `get`
 and `empty` of the one, `set`, `clear` and `wait` of the other; these give
 exactly that, with one consumer, on lists and a future made only while
 someone waits. `tests/test_gateway_mailbox.py` pins the behaviour.
+
+A consumer that would rather not wait in a task `listen`s instead: it is
+called as items arrive and `take`s them (gateway/fastws.py, `listen`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
 class Mailbox(Generic[T]):
-    """A FIFO for one consumer: `put_nowait`, `get`, `empty`."""
+    """A FIFO for one consumer: `put_nowait`, `get` or `listen` and `take`, `empty`."""
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("_items", "_listener", "_waiter")
 
     def __init__(self) -> None:
         self._items: list[T] = []
         # The consumer's future while it waits in `get`; None otherwise.
         self._waiter: asyncio.Future[None] | None = None
+        # Called after each `put_nowait` nobody waits for in `get`; None: nobody listens.
+        self._listener: Callable[[], None] | None = None
 
     def put_nowait(self, item: T) -> None:
         self._items.append(item)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        elif self._listener is not None:
+            self._listener()
+
+    def listen(self, listener: Callable[[], None] | None) -> None:
+        """Call `listener` as items arrive, and once now if some are here; None stops it."""
+        self._listener = listener
+        if listener is not None and self._items:
+            listener()
+
+    @property
+    def listened(self) -> bool:
+        return self._listener is not None
+
+    def take(self) -> T | None:
+        """The first item, or None when there is none: never waits."""
+        return self._items.pop(0) if self._items else None
 
     def empty(self) -> bool:
         return not self._items

@@ -1,12 +1,13 @@
-"""One client connection: its token, its subscriptions, its reading loop.
+"""One client connection: its token, its subscriptions, its reading.
 
-The ASGI handler task owns the session and reads client frames, one command
-at a time. With WS_IMPL=fast that is all: frames go straight to the
+With WS_IMPL=fast the ASGI handler task sets the session up and ends: the
+connection hands client messages to the session as they arrive (`listen`),
+and a task exists only while one is being handled. Frames go straight to the
 transport (`FrameWriter`), and a close is written at once, ending the read.
-With uvicorn's implementations it runs the reader and a writer task (the
-outbound queue) as two children; whichever ends first ends the session.
-Anything may ask for a close (`writer.close`): the rate limit, the token's
-expiry, an overflow, a drain.
+With uvicorn's implementations the handler task owns the session, running
+the reader and a writer task (the outbound queue) as two children; whichever
+ends first ends the session. Anything may ask for a close (`writer.close`):
+the rate limit, the token's expiry, an overflow, a drain.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Mapping
 from typing import Any, Final
 
 from redis.exceptions import RedisClusterException, RedisError
@@ -21,7 +23,7 @@ from starlette.websockets import WebSocket
 
 from gateway import protocol
 from gateway.broker import BrokerUnavailable
-from gateway.fastws import frame_sink
+from gateway.fastws import FrameSink, frame_sink
 from gateway.frame_writer import FrameWriter
 from gateway.history import EventState
 from gateway.hub import UNKNOWN_SEQ, Subscription
@@ -49,8 +51,10 @@ class Session:
     # One per connection, alive as long as it is.
     __slots__ = (
         "_limit",
+        "_reading",
         "_released",
         "_replica",
+        "_sink",
         "_subscriptions",
         "_websocket",
         "claims",
@@ -59,12 +63,13 @@ class Session:
     )
 
     def __init__(self, websocket: WebSocket, replica: Replica, claims: Claims) -> None:
-        self._websocket = websocket
+        # None once the connection hands its messages over (WS_IMPL=fast).
+        self._websocket: WebSocket | None = websocket
         self._replica = replica
         self.claims = claims
         self.client_id = secrets.token_hex(16)
         settings = replica.settings
-        sink = frame_sink(websocket)
+        sink = self._sink = frame_sink(websocket)
         self.writer: Writer | FrameWriter
         if sink is not None:
             self.writer = FrameWriter(
@@ -82,6 +87,8 @@ class Session:
         self._subscriptions: dict[int, Subscription] = {}
         # True once the session gave its watches back to the hub; it takes no new ones.
         self._released = False
+        # True while a task handles messages the connection handed over.
+        self._reading = False
 
     @property
     def watched_events(self) -> frozenset[int]:
@@ -90,25 +97,31 @@ class Session:
     def close(self, code: int, reason: str) -> None:
         self.writer.close(code, reason)
 
-    async def run(self, path_event: str | None) -> None:
-        """Serve the connection until either side closes it.
+    async def run(self, path_event: str | None) -> bool:
+        """Serve the connection: until either side closes it, or until it is handed over.
 
-        With WS_IMPL=fast the handler task just reads, in this frame: closes
-        need no task (`FrameWriter.close`). Two tasks and a frame fewer per
-        connection: 5 KiB of every idle client, and less for the collector to
-        walk (issue 4's memory profile). A close request ends `receive()` with
-        a disconnect; a command awaiting Redis finishes first (at most Redis's
-        5 s timeout).
+        True means handed over (WS_IMPL=fast): the session then reads what
+        the connection hands it (`_wake`) and ends itself (`_end`). An idle
+        client then holds no task at all: 4 KiB of every connection, and less
+        for the collector to walk (issue 4's memory profile). Otherwise the
+        session has ended when this returns.
         """
         self._send(protocol.connection_established(self.client_id, _path_event_id(path_event)))
         self._watch_expiry()
-        if not isinstance(self.writer, FrameWriter):
+        if self._sink is None:
+            assert isinstance(self.writer, Writer)
             await self._read_and_write(self.writer, path_event)
-            return
+            return False
         try:
-            await self._read(path_event)
-        finally:
+            if path_event is not None:
+                await self._guarded(self._path_subscribe(path_event))
+                _raise_if_cancelled()
+        except BaseException:
             self._release()
+            raise
+        self._websocket = None
+        self._sink.listen(self._wake)
+        return True
 
     async def _read_and_write(self, writer: Writer, path_event: str | None) -> None:
         reader = asyncio.create_task(self._read(path_event))
@@ -142,23 +155,57 @@ class Session:
     async def _read(self, path_event: str | None) -> None:
         if path_event is not None:
             await self._guarded(self._path_subscribe(path_event))
-        loop = asyncio.get_running_loop()
+        assert self._websocket is not None
         receive = self._websocket.receive
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                self.writer.peer_gone()
-                return
-            self._replica.stats.client_messages += 1
-            if self.writer.close_request is not None:
-                continue
-            if not self._limit.allow(loop.time()):
-                self.close(POLICY_VIOLATION, RATE_LIMIT_REASON)
-                continue
-            text = message.get("text")
-            command = protocol.parse(text if text is not None else message.get("bytes", b""))
-            await self._guarded(self._handle(command))
+        while await self._take(await receive()):
             _raise_if_cancelled()
+
+    def _wake(self) -> None:
+        """A message arrived: read it, and any after it, in a task while there are some."""
+        if not self._reading and not self._released:
+            assert self._sink is not None
+            self._reading = True
+            self._sink.spawn(self._read_arrived(self._sink))
+
+    async def _read_arrived(self, sink: FrameSink) -> None:
+        try:
+            while (message := sink.take()) is not None:
+                if not await self._take(message):
+                    self._end()
+                    return
+                _raise_if_cancelled()
+        except BaseException:
+            # Cancelled at shutdown: the hub must not keep watchers for a connection
+            # nobody serves.
+            self._end()
+            raise
+        finally:
+            self._reading = False
+
+    def _end(self) -> None:
+        """The end of a handed-over connection: watches back, out of the replica."""
+        assert self._sink is not None
+        # The connection's mailbox refers to this session: a closed connection is
+        # freed by reference counting, not left for the collector.
+        self._sink.listen(None)
+        self._release()
+        self._replica.remove_session(self)
+
+    async def _take(self, message: Mapping[str, Any]) -> bool:
+        """Handle one client message; False once it says the client is gone."""
+        if message["type"] == "websocket.disconnect":
+            self.writer.peer_gone()
+            return False
+        self._replica.stats.client_messages += 1
+        if self.writer.close_request is not None:
+            return True
+        if not self._limit.allow(asyncio.get_running_loop().time()):
+            self.close(POLICY_VIOLATION, RATE_LIMIT_REASON)
+            return True
+        text = message.get("text")
+        command = protocol.parse(text if text is not None else message.get("bytes", b""))
+        await self._guarded(self._handle(command))
+        return True
 
     async def _guarded(self, step: Any) -> None:
         try:

@@ -41,6 +41,39 @@ async def test_a_cancelled_get_loses_no_item() -> None:
     assert await asyncio.wait_for(box.get(), timeout=5) == "disconnect"
 
 
+def test_a_listener_is_called_per_item_and_takes_them_in_order() -> None:
+    box: Mailbox[str] = Mailbox()
+    box.put_nowait("connect")
+    calls: list[list[str]] = []
+
+    def listener() -> None:
+        calls.append([])
+
+    box.listen(listener)  # an item is already here: called at once
+    assert calls == [[]]
+    assert box.listened
+    box.put_nowait("a")
+    box.put_nowait("b")
+    assert len(calls) == 3
+    assert [box.take(), box.take(), box.take(), box.take()] == ["connect", "a", "b", None]
+    box.listen(None)
+    box.put_nowait("c")
+    assert len(calls) == 3
+    assert not box.listened
+    assert box.take() == "c"
+
+
+async def test_a_waiting_get_comes_before_the_listener() -> None:
+    box: Mailbox[str] = Mailbox()
+    called: list[None] = []
+    box.listen(lambda: called.append(None))
+    getter = asyncio.create_task(box.get())
+    await scheduled_callbacks_run()
+    box.put_nowait("x")
+    assert await asyncio.wait_for(getter, timeout=5) == "x"
+    assert called == []
+
+
 async def test_flag_waits_until_set_and_passes_while_set() -> None:
     flag = Flag()
     assert not flag.is_set()
