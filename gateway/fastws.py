@@ -77,6 +77,21 @@ def text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
+def whole_frames(data: bytes) -> bool:
+    """Whether `data` is client frames that all end within it (RFC 6455 5.2's lengths)."""
+    start, end = 0, len(data)
+    while start < end:
+        if end - start < 2:
+            return False
+        second = data[start + 1]
+        size, start = second & 0x7F, start + 2
+        if size >= 126:
+            width = 2 if size == 126 else 8
+            size, start = int.from_bytes(data[start : start + width], "big"), start + width
+        start += size + (4 if second & 0x80 else 0)
+    return start == end
+
+
 def frame_sink(connection: object) -> FrameSink | None:
     """The sink of a Starlette `WebSocket` served by `FastWebSocketProtocol`, else None."""
     scope: dict[str, Any] = getattr(connection, "scope", None) or {}
@@ -93,6 +108,8 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
     # The per-connection ones live in slots instead, and the dict keeps the rest
     # few enough to share its keys (issue 4's memory profile).
     __slots__ = (
+        "_conn",
+        "_torn",
         "accept_header",
         "client",
         "close_sent",
@@ -119,6 +136,9 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Same use, a fifth of an idle connection's memory less (gateway/mailbox.py).
+        # True once client bytes came that may end inside a frame: `conn` then
+        # holds parser state, and stays.
+        self._torn = False
         self.mailbox: Mailbox[dict[str, Any]] = Mailbox()
         self.queue = self.mailbox  # type: ignore[assignment]
         self.writable = Flag()  # type: ignore[assignment]
@@ -128,11 +148,50 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         self.accept_header: str | None = None
         self.head: bytes | None = None
 
+    # websockets' connection; None while released (`_release_conn`).
+    _conn: ServerProtocol | None
+
+    @property
+    def conn(self) -> ServerProtocol:
+        """websockets' sans-I/O connection, made again when needed (`_release_conn`)."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = ServerProtocol(
+                state=State.OPEN, max_size=self.config.ws_max_size, logger=self.logger
+            )
+        return conn
+
+    @conn.setter
+    def conn(self, conn: ServerProtocol) -> None:
+        self._conn = conn
+
+    def _release_conn(self) -> None:
+        """Drop websockets' connection while it holds nothing a new one would not.
+
+        An open connection between whole frames is its settings and an idle
+        parser, yet 1.3 KiB of every quiet client (a generator, a reader, the
+        lists and a UUID; issue 4's memory profile). `conn` makes an equal one
+        when a frame arrives or a ping, pong or close goes out. Anything else
+        (closing, extensions, a message in fragments, bytes that may end inside
+        a frame) keeps it.
+        """
+        conn = self._conn
+        if (
+            conn is not None
+            and not self._torn
+            and conn.state is State.OPEN
+            and conn.current_size is None
+            and not (conn.events or conn.writes or conn.extensions or self.frames)
+        ):
+            self._conn = None
+
     def data_received(self, data: bytes) -> None:
         if self.head is not None:  # a client that did not wait for the 101
             self.flush_head()
         if self.handshake_initiated or self.config.ws_per_message_deflate:
+            self._torn = self._torn or not whole_frames(data)
             super().data_received(data)
+            self._release_conn()
             return
         # uvicorn hands the upgrade request on whole, as the first bytes: it is read
         # once, here or by websockets, never again from what a client sends next.
@@ -146,10 +205,9 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
     def _open(self, upgrade: Upgrade) -> None:
         """uvicorn's `handle_connect` for a request `read_upgrade` vouched for."""
         self.accept_header = upgrade.accept
-        # Past the request: from here on websockets reads frames only.
-        self.conn = ServerProtocol(
-            state=State.OPEN, max_size=self.config.ws_max_size, logger=self.conn.logger
-        )
+        # Past the request: from here on websockets reads frames only, with a
+        # connection made when the first one comes.
+        self._conn = None
         raw_path, _, query_string = upgrade.target.partition("?")
         extensions: dict[str, Any] = {"websocket.http.response": {}, FRAME_SINK_EXTENSION: self}
         self.scope = {
@@ -248,6 +306,10 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         assert self.ping_interval is not None
         delay = max(0.0, self.ping_interval - self.last_ping_rtt)
         _pings(self.loop).watch(self, time.monotonic() + delay)
+
+    def send_keepalive_ping(self) -> None:
+        super().send_keepalive_ping()
+        self._release_conn()  # the pong is matched by uvicorn, not by websockets
 
     def stop_keepalive(self) -> None:
         _pings(self.loop).forget(self)

@@ -13,7 +13,9 @@ ChangeType = Literal["booking_created", "booking_cancelled"]
 
 def iso(moment: datetime) -> str:
     """ISO-8601 UTC with milliseconds and a `Z`: `2026-11-25T17:00:00.123Z`."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    # isoformat truncates to milliseconds as the contract's examples do, in a tenth
+    # of strftime's time: every connect and reply carries a timestamp.
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def utc_now_iso() -> str:

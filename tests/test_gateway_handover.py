@@ -1,7 +1,9 @@
-"""WS_IMPL=fast hands a set-up connection's reading over: no task while a client is quiet.
+"""What a quiet client keeps under WS_IMPL=fast: no task, no scope, no websockets parser.
 
-The gateway runs in this process under uvicorn (with the replica's own config),
-so the tasks, the sessions and the hub can be looked at; clients connect over
+A set-up connection's reading is handed over from the ASGI task, and
+websockets' connection object is dropped between whole frames. The gateway
+runs in this process under uvicorn (with the replica's own config), so its
+tasks, sessions, hub and protocols can be looked at; clients connect over
 real sockets.
 """
 
@@ -10,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import uvicorn
+from hypothesis import given
+from hypothesis import strategies as st
+from websockets.frames import Frame, Opcode
 
 from gateway import server as gateway_server
 from gateway.app import create_app
-from gateway.fastws import FastWebSocketProtocol
+from gateway.fastws import FastWebSocketProtocol, whole_frames
 from gateway.replica import Replica
 from shared.settings import gateway_settings
 from tests.support.ports import free_port
@@ -49,32 +54,45 @@ class Gateway:
 
 
 @pytest.fixture
-async def gateway(
+async def serve(
     redis_url: str, jwt_secret: str, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Gateway]:
-    port = free_port()
-    env = {
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "REDIS_URL": redis_url,
-        "JWT_SECRET": jwt_secret,
-        "WS_IMPL": "fast",
-        "DRAIN_SECONDS": "0",
-        "MAX_CLIENT_MESSAGES_PER_SECOND": "1000",
-    }
-    app = create_app(gateway_settings(env))
+) -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
+    """Start a replica in this process, with settings beyond the defaults given as `env`."""
     # The replica's own config, but the test process's logging stays as it was.
     monkeypatch.setattr(gateway_server, "uvicorn_log_config", lambda level: None)
-    config = gateway_server.uvicorn_config(app.state.replica.settings, app)
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    await async_wait_until(lambda: server.started or serving.done(), what="the gateway started")
-    assert server.started
-    try:
-        yield Gateway(server, app.state.replica, port)
-    finally:
+    running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+
+    async def start(**env: str) -> Gateway:
+        port = free_port()
+        settings = gateway_settings(
+            {
+                "HOST": "127.0.0.1",
+                "PORT": str(port),
+                "REDIS_URL": redis_url,
+                "JWT_SECRET": jwt_secret,
+                "WS_IMPL": "fast",
+                "DRAIN_SECONDS": "0",
+                "MAX_CLIENT_MESSAGES_PER_SECOND": "1000",
+                **env,
+            }
+        )
+        app = create_app(settings)
+        server = uvicorn.Server(gateway_server.uvicorn_config(settings, app))
+        serving = asyncio.create_task(server.serve())
+        running.append((server, serving))
+        await async_wait_until(lambda: server.started or serving.done(), what="started")
+        assert server.started
+        return Gateway(server, app.state.replica, port)
+
+    yield start
+    for server, serving in running:
         server.should_exit = True
         await asyncio.wait_for(serving, 30)
+
+
+@pytest.fixture
+async def gateway(serve: Callable[..., Awaitable[Gateway]]) -> Gateway:
+    return await serve()
 
 
 def _tasks_besides(baseline: set[asyncio.Task[object]]) -> set[asyncio.Task[object]]:
@@ -160,3 +178,80 @@ async def test_shutdown_closes_handed_over_connections_with_1012(
         code, _ = await client.closed()
     assert code == 1012
     await async_wait_until(lambda: not gateway.replica.sessions, what="the session ended")
+
+
+async def _subscribed_client(gateway: Gateway, token: Callable[..., str]) -> WsClient:
+    client = await WsClient.open(gateway.url, "/ws/events/7", token(1))
+    await client.recv_json()  # connection_established
+    await client.recv_type("subscribed")
+    return client
+
+
+def _protocol(gateway: Gateway) -> FastWebSocketProtocol:
+    (protocol,) = gateway.protocols()
+    return protocol
+
+
+async def test_a_quiet_client_keeps_no_websockets_connection(
+    gateway: Gateway, token: Callable[..., str]
+) -> None:
+    async with await _subscribed_client(gateway, token) as client:
+        protocol = _protocol(gateway)
+        assert protocol._conn is None
+        await client.send_json({"type": "ping"})
+        assert (await client.recv_json())["type"] == "pong"
+        assert protocol._conn is None  # made for the frame, dropped after it
+
+
+async def test_fragments_and_frames_split_across_reads_are_still_read(
+    gateway: Gateway, token: Callable[..., str]
+) -> None:
+    async with await _subscribed_client(gateway, token) as client:
+        protocol = _protocol(gateway)
+        await client.connection.send(['{"type":', ' "ping"}'])  # one message, two frames
+        assert (await client.recv_json())["type"] == "pong"
+        assert protocol._conn is None
+
+        frame = Frame(Opcode.TEXT, b'{"type": "ping"}').serialize(mask=True, extensions=[])
+        transport = client.connection.transport
+        transport.write(frame[:3])  # ends inside the frame's header
+        await async_wait_until(lambda: protocol._torn, what="the first part read")
+        assert protocol._conn is not None  # it holds the part: kept from now on
+        transport.write(frame[3:])
+        assert (await client.recv_json())["type"] == "pong"
+        await client.send_json({"type": "ping"})
+        assert (await client.recv_json())["type"] == "pong"
+
+
+async def test_keepalive_pings_are_answered_and_leave_no_connection_object(
+    serve: Callable[..., Awaitable[Gateway]], token: Callable[..., str]
+) -> None:
+    gateway = await serve(PING_INTERVAL_SECONDS="0.2", PING_TIMEOUT_SECONDS="5")
+    async with await _subscribed_client(gateway, token) as client:
+        protocol = _protocol(gateway)
+        # The client's library answers pings; uvicorn measures the round trip from the pong.
+        await async_wait_until(lambda: protocol.last_ping_rtt > 0, what="a pong matched")
+        await async_wait_until(lambda: protocol._conn is None, what="released after the ping")
+        await client.send_json({"type": "ping"})
+        assert (await client.recv_json())["type"] == "pong"
+
+
+@st.composite
+def _client_frames(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    """Masked client frames of every length class, and where each one ends."""
+    sizes = draw(st.lists(st.sampled_from([0, 1, 125, 126, 200, 65_535, 65_536]), max_size=4))
+    data, ends = b"", []
+    for size in sizes:
+        data += Frame(Opcode.TEXT, b"x" * size).serialize(mask=True, extensions=[])
+        ends.append(len(data))
+    return data, ends
+
+
+@given(_client_frames(), st.data())
+def test_whole_frames_is_true_exactly_at_frame_ends(
+    frames: tuple[bytes, list[int]], data: st.DataObject
+) -> None:
+    stream, ends = frames
+    assert whole_frames(stream)
+    cut = data.draw(st.integers(0, len(stream)))
+    assert whole_frames(stream[:cut]) == (cut == 0 or cut in ends)

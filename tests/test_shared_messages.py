@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.channels import event_channel, event_id_of_channel, history_key, state_key
 from shared.messages import SeatChange, iso, parse_iso
@@ -30,6 +32,17 @@ def test_iso_timestamps_are_utc_with_milliseconds() -> None:
     moment = datetime(2026, 11, 25, 17, 0, 0, 123456, tzinfo=UTC)
     assert iso(moment) == "2026-11-25T17:00:00.123Z"
     assert parse_iso(iso(moment)) == moment.replace(microsecond=123000)
+
+
+@given(
+    st.datetimes(min_value=datetime(1000, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.integers(-14 * 60, 14 * 60),
+)
+def test_iso_is_any_moment_in_utc_truncated_to_milliseconds(moment: datetime, minutes: int) -> None:
+    aware = moment.replace(tzinfo=timezone(timedelta(minutes=minutes)))
+    utc = aware.astimezone(UTC)
+    expected = f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
+    assert iso(aware) == expected
 
 
 def test_payload_has_every_contract_field() -> None:
