@@ -13,6 +13,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.settings import JwtKeys
 from shared.tokens import InvalidToken, TokenVerifier, mint_token
@@ -112,3 +114,114 @@ def test_es256_public_key() -> None:
     token = jwt.encode({"sub": "9", "role": "admin"}, private_key, algorithm="ES256")
     claims = verifier.verify(token)
     assert (claims.user_id, claims.is_admin) == (9, True)
+
+
+# What pyjwt alone decides, for comparison with the verifier's fast path.
+PYJWT_OPTIONS: Any = {"require": ["sub"], "verify_aud": False}
+
+
+def _pyjwt_outcome(token: str) -> dict[str, Any] | str:
+    try:
+        return dict(jwt.decode(token, SECRET, algorithms=["HS256"], options=PYJWT_OPTIONS))
+    except jwt.PyJWTError as error:
+        return type(error).__name__
+
+
+def _fast_outcome(token: str) -> dict[str, Any] | None:
+    fast = VERIFIER._fast
+    assert fast is not None, "a 40-byte secret gets the fast path"
+    return fast.payload(token)
+
+
+def _segment(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _signed(header: bytes, body: bytes, key: str = SECRET) -> str:
+    signing_input = f"{_segment(header)}.{_segment(body)}"
+    signature = hmac.new(key.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_segment(signature)}"
+
+
+CLAIM_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**20), 10**20),
+    st.sampled_from([-3600, -2, 2, 3600]).map(lambda delta: int(time.time()) + delta),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.sampled_from(["1", "42", "-5", "1e3", " 7"]),
+    st.lists(st.integers(), max_size=2),
+)
+HEADERS = st.sampled_from(
+    [
+        b'{"alg":"HS256","typ":"JWT"}',
+        b'{"typ":"JWT","alg":"HS256"}',
+        b'{"alg":"HS256"}',
+        b'{"alg":"HS256","typ":"JWT","kid":1}',
+        b'{"alg":"none","typ":"JWT"}',
+        b'{"alg":"HS384","typ":"JWT"}',
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    HEADERS,
+    st.dictionaries(st.sampled_from(["sub", "exp", "nbf", "iat", "jti", "role"]), CLAIM_VALUES),
+    st.sampled_from(["as signed", "wrong key", "padded", "payload tampered", "bytes appended"]),
+)
+def test_the_fast_path_accepts_only_what_pyjwt_accepts_and_the_same_payload(
+    header: bytes, claims: dict[str, Any], change: str
+) -> None:
+    body = json.dumps(claims).encode()
+    token = _signed(header, body, "x" * 40 if change == "wrong key" else SECRET)
+    if change == "padded":
+        token += "="
+    elif change == "payload tampered":
+        first, _, signature = token.split(".")
+        token = f"{first}.{_segment(body + b' ')}.{signature}"
+    elif change == "bytes appended":
+        token += "A"
+    fast, pyjwt = _fast_outcome(token), _pyjwt_outcome(token)
+    if fast is not None:
+        assert fast == pyjwt
+    if change == "as signed" and header in (b'{"alg":"HS256","typ":"JWT"}', b'{"alg":"HS256"}'):
+        # The common form is decided here, not handed on, whenever pyjwt accepts it.
+        assert fast == pyjwt or isinstance(pyjwt, str)
+
+
+def test_a_common_token_takes_the_fast_path_and_gives_the_same_claims() -> None:
+    token = mint_token(SECRET, 42, admin=True, ttl_seconds=60)
+    assert _fast_outcome(token) == _pyjwt_outcome(token)
+    assert VERIFIER.verify(token).user_id == 42
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        _signed(b'{"alg":"HS256","typ":"JWT"}', b'{"sub":"1"}') + "=",
+        _signed(b'{"alg":"HS256","typ":"JWT"}', b'{"sub":"1","exp":"soon"}'),
+        _signed(b'{"alg":"HS256","typ":"JWT"}', b'["sub"]'),
+        _signed(b'{"alg":"HS256","typ":"JWT"}', b'{"sub":1}'),
+        _signed(b'{"alg":"HS256","typ":"JWT"}', b'{"sub":"1"}', key="y" * 40),
+    ],
+    ids=[
+        "padded-signature",
+        "exp-not-a-number",
+        "payload-not-an-object",
+        "sub-number",
+        "wrong-key",
+    ],
+)
+def test_what_the_fast_path_doubts_goes_to_pyjwt(token: str) -> None:
+    assert _fast_outcome(token) is None
+    outcome = _pyjwt_outcome(token)
+    if isinstance(outcome, str):
+        with pytest.raises(InvalidToken):
+            VERIFIER.verify(token)
+
+
+def test_a_short_secret_gets_no_fast_path_and_pyjwt_warns_as_before() -> None:
+    verifier = TokenVerifier(JwtKeys(secret="short", public_key=None))
+    assert verifier._fast is None
