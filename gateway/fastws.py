@@ -135,10 +135,10 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # True unless every client byte so far came in whole frames after a handshake
+        # read here: otherwise `conn` may hold parser state, and stays (`_release_conn`).
+        self._torn = True
         # Same use, a fifth of an idle connection's memory less (gateway/mailbox.py).
-        # True once client bytes came that may end inside a frame: `conn` then
-        # holds parser state, and stays.
-        self._torn = False
         self.mailbox: Mailbox[dict[str, Any]] = Mailbox()
         self.queue = self.mailbox  # type: ignore[assignment]
         self.writable = Flag()  # type: ignore[assignment]
@@ -189,7 +189,8 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.head is not None:  # a client that did not wait for the 101
             self.flush_head()
         if self.handshake_initiated or self.config.ws_per_message_deflate:
-            self._torn = self._torn or not whole_frames(data)
+            if not self._torn and not whole_frames(data):
+                self._torn = True
             super().data_received(data)
             self._release_conn()
             return
@@ -206,8 +207,10 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
         """uvicorn's `handle_connect` for a request `read_upgrade` vouched for."""
         self.accept_header = upgrade.accept
         # Past the request: from here on websockets reads frames only, with a
-        # connection made when the first one comes.
+        # connection made when the first one comes. uvicorn hands on nothing
+        # after the request, so the next bytes start a frame.
         self._conn = None
+        self._torn = False
         raw_path, _, query_string = upgrade.target.partition("?")
         extensions: dict[str, Any] = {"websocket.http.response": {}, FRAME_SINK_EXTENSION: self}
         self.scope = {

@@ -157,7 +157,7 @@ class Session:
             await self._guarded(self._path_subscribe(path_event))
         assert self._websocket is not None
         receive = self._websocket.receive
-        while await self._take(await receive()):
+        while await self._on_message(await receive()):
             _raise_if_cancelled()
 
     def _wake(self) -> None:
@@ -170,7 +170,7 @@ class Session:
     async def _read_arrived(self, sink: FrameSink) -> None:
         try:
             while (message := sink.take()) is not None:
-                if not await self._take(message):
+                if not await self._on_message(message):
                     self._end()
                     return
                 _raise_if_cancelled()
@@ -191,7 +191,7 @@ class Session:
         self._release()
         self._replica.remove_session(self)
 
-    async def _take(self, message: Mapping[str, Any]) -> bool:
+    async def _on_message(self, message: Mapping[str, Any]) -> bool:
         """Handle one client message; False once it says the client is gone."""
         if message["type"] == "websocket.disconnect":
             self.writer.peer_gone()

@@ -255,3 +255,17 @@ def test_whole_frames_is_true_exactly_at_frame_ends(
     assert whole_frames(stream)
     cut = data.draw(st.integers(0, len(stream)))
     assert whole_frames(stream[:cut]) == (cut == 0 or cut in ends)
+
+
+async def test_a_handshake_websockets_read_keeps_its_connection_object(
+    gateway: Gateway, token: Callable[..., str]
+) -> None:
+    """Only after a handshake read here are the next bytes known to start a frame."""
+    client = await WsClient.open(gateway.url, "/ws/events/7", token(1), subprotocols=["chat"])
+    async with client:
+        await client.recv_json()  # connection_established
+        await client.recv_type("subscribed")
+        protocol = _protocol(gateway)
+        await client.send_json({"type": "ping"})
+        assert (await client.recv_json())["type"] == "pong"
+        assert protocol._conn is not None
