@@ -110,6 +110,8 @@ async def _quiet(gateway: Gateway, baseline: set[asyncio.Task[object]]) -> None:
 async def test_an_idle_client_holds_no_task_and_is_still_served(
     gateway: Gateway, token: Callable[..., str]
 ) -> None:
+    """Once subscribed, a client holds no task and no scope; its commands are answered in order,
+    each in a task that ends with it; leaving gives every watch back."""
     baseline = set(asyncio.all_tasks())
     async with await WsClient.open(gateway.url, "/ws/events/7", token(1)) as client:
         assert (await client.recv_json())["type"] == "connection_established"
@@ -171,6 +173,7 @@ async def test_a_client_that_closes_while_a_command_awaits_redis_is_released(
 async def test_shutdown_closes_handed_over_connections_with_1012(
     gateway: Gateway, token: Callable[..., str]
 ) -> None:
+    """Server shutdown closes a handed-over connection with 1012 and ends its session."""
     async with await WsClient.open(gateway.url, "/ws/events/7", token(1)) as client:
         await client.recv_json()  # connection_established
         await client.recv_type("subscribed")
@@ -195,6 +198,8 @@ def _protocol(gateway: Gateway) -> FastWebSocketProtocol:
 async def test_a_quiet_client_keeps_no_websockets_connection(
     gateway: Gateway, token: Callable[..., str]
 ) -> None:
+    """Between whole frames the protocol holds no websockets connection object; one is made for a
+    frame and dropped after it."""
     async with await _subscribed_client(gateway, token) as client:
         protocol = _protocol(gateway)
         assert protocol._conn is None
@@ -206,6 +211,8 @@ async def test_a_quiet_client_keeps_no_websockets_connection(
 async def test_fragments_and_frames_split_across_reads_are_still_read(
     gateway: Gateway, token: Callable[..., str]
 ) -> None:
+    """A message in two frames, and a frame whose bytes arrive in two reads, are read whole; after a
+    split read the connection object stays."""
     async with await _subscribed_client(gateway, token) as client:
         protocol = _protocol(gateway)
         await client.connection.send(['{"type":', ' "ping"}'])  # one message, two frames
@@ -226,6 +233,8 @@ async def test_fragments_and_frames_split_across_reads_are_still_read(
 async def test_keepalive_pings_are_answered_and_leave_no_connection_object(
     serve: Callable[..., Awaitable[Gateway]], token: Callable[..., str]
 ) -> None:
+    """uvicorn's keepalive pings still go out and their pongs are matched, with no connection object
+    kept between them."""
     gateway = await serve(PING_INTERVAL_SECONDS="0.2", PING_TIMEOUT_SECONDS="5")
     async with await _subscribed_client(gateway, token) as client:
         protocol = _protocol(gateway)
@@ -251,6 +260,8 @@ def _client_frames(draw: st.DrawFn) -> tuple[bytes, list[int]]:
 def test_whole_frames_is_true_exactly_at_frame_ends(
     frames: tuple[bytes, list[int]], data: st.DataObject
 ) -> None:
+    """`whole_frames` holds for client frames of every length class cut at a frame's end, and for no
+    other cut."""
     stream, ends = frames
     assert whole_frames(stream)
     cut = data.draw(st.integers(0, len(stream)))

@@ -11,6 +11,7 @@ from tests.support.wait import scheduled_callbacks_run
 
 
 async def test_mailbox_is_first_in_first_out() -> None:
+    """Items come out of `get` in the order they were put."""
     box: Mailbox[int] = Mailbox()
     assert box.empty()
     for item in (1, 2, 3):
@@ -21,6 +22,7 @@ async def test_mailbox_is_first_in_first_out() -> None:
 
 
 async def test_a_waiting_get_wakes_on_put() -> None:
+    """A `get` waiting on an empty mailbox returns the next item put."""
     box: Mailbox[str] = Mailbox()
     getter = asyncio.create_task(box.get())
     await scheduled_callbacks_run()
@@ -42,6 +44,8 @@ async def test_a_cancelled_get_loses_no_item() -> None:
 
 
 def test_a_listener_is_called_per_item_and_takes_them_in_order() -> None:
+    """A listener is called for items already there and for each new one, `take` returns them in
+    order then None, and `listen(None)` stops the calls."""
     box: Mailbox[str] = Mailbox()
     box.put_nowait("connect")
     calls: list[list[str]] = []
@@ -64,6 +68,7 @@ def test_a_listener_is_called_per_item_and_takes_them_in_order() -> None:
 
 
 async def test_a_waiting_get_comes_before_the_listener() -> None:
+    """An item put while `get` waits goes to it, and the listener is not called."""
     box: Mailbox[str] = Mailbox()
     called: list[None] = []
     box.listen(lambda: called.append(None))
@@ -75,6 +80,7 @@ async def test_a_waiting_get_comes_before_the_listener() -> None:
 
 
 async def test_flag_waits_until_set_and_passes_while_set() -> None:
+    """`wait` blocks until the flag is set and returns at once while it stays set."""
     flag = Flag()
     assert not flag.is_set()
     waiters = [asyncio.create_task(flag.wait()) for _ in range(3)]
@@ -88,6 +94,7 @@ async def test_flag_waits_until_set_and_passes_while_set() -> None:
 
 
 async def test_a_cancelled_flag_wait_leaves_the_others() -> None:
+    """Cancelling one `wait` does not disturb the others."""
     flag = Flag()
     gone, stays = asyncio.create_task(flag.wait()), asyncio.create_task(flag.wait())
     await scheduled_callbacks_run()

@@ -39,6 +39,7 @@ def test_iso_timestamps_are_utc_with_milliseconds() -> None:
     st.integers(-14 * 60, 14 * 60),
 )
 def test_iso_is_any_moment_in_utc_truncated_to_milliseconds(moment: datetime, minutes: int) -> None:
+    """`iso` of any aware moment is its UTC time with milliseconds truncated and a `Z`."""
     aware = moment.replace(tzinfo=timezone(timedelta(minutes=minutes)))
     utc = aware.astimezone(UTC)
     expected = f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"

@@ -174,6 +174,8 @@ HEADERS = st.sampled_from(
 def test_the_fast_path_accepts_only_what_pyjwt_accepts_and_the_same_payload(
     header: bytes, claims: dict[str, Any], change: str
 ) -> None:
+    """Whatever header, claims and tampering: a payload the fast path returns is exactly what pyjwt
+    returns for that token."""
     body = json.dumps(claims).encode()
     token = _signed(header, body, "x" * 40 if change == "wrong key" else SECRET)
     if change == "padded":
@@ -192,6 +194,7 @@ def test_the_fast_path_accepts_only_what_pyjwt_accepts_and_the_same_payload(
 
 
 def test_a_common_token_takes_the_fast_path_and_gives_the_same_claims() -> None:
+    """A token as `mint_token` makes it is decided by the fast path, with pyjwt's payload."""
     token = mint_token(SECRET, 42, admin=True, ttl_seconds=60)
     assert _fast_outcome(token) == _pyjwt_outcome(token)
     assert VERIFIER.verify(token).user_id == 42
@@ -215,6 +218,8 @@ def test_a_common_token_takes_the_fast_path_and_gives_the_same_claims() -> None:
     ],
 )
 def test_what_the_fast_path_doubts_goes_to_pyjwt(token: str) -> None:
+    """Padding, bad claim types, a non-object payload and a wrong key leave the decision to pyjwt,
+    whose refusals become InvalidToken."""
     assert _fast_outcome(token) is None
     outcome = _pyjwt_outcome(token)
     if isinstance(outcome, str):
@@ -223,5 +228,6 @@ def test_what_the_fast_path_doubts_goes_to_pyjwt(token: str) -> None:
 
 
 def test_a_short_secret_gets_no_fast_path_and_pyjwt_warns_as_before() -> None:
+    """A secret pyjwt would warn about gets no fast path, so the warning is not lost."""
     verifier = TokenVerifier(JwtKeys(secret="short", public_key=None))
     assert verifier._fast is None
