@@ -107,6 +107,18 @@ async def _quiet(gateway: Gateway, baseline: set[asyncio.Task[object]]) -> None:
     )
 
 
+async def _subscribed_client(gateway: Gateway, token: Callable[..., str]) -> WsClient:
+    client = await WsClient.open(gateway.url, "/ws/events/7", token(1))
+    await client.recv_json()  # connection_established
+    await client.recv_type("subscribed")
+    return client
+
+
+def _protocol(gateway: Gateway) -> FastWebSocketProtocol:
+    (protocol,) = gateway.protocols()
+    return protocol
+
+
 async def test_an_idle_client_holds_no_task_and_is_still_served(
     gateway: Gateway, token: Callable[..., str]
 ) -> None:
@@ -139,11 +151,8 @@ async def test_a_closed_connection_is_freed_without_the_collector(
     gateway: Gateway, token: Callable[..., str]
 ) -> None:
     """No reference cycle through the session, its mailbox or the scope keeps a closed client."""
-    async with await WsClient.open(gateway.url, "/ws/events/7", token(1)) as client:
-        await client.recv_json()  # connection_established
-        await client.recv_type("subscribed")
-        await async_wait_until(lambda: gateway.protocols(), what="the connection")
-        (protocol,) = gateway.protocols()
+    async with await _subscribed_client(gateway, token):
+        protocol = _protocol(gateway)
         # The session refers to it through its writer: it would keep it too.
         gone = weakref.ref(protocol)
         del protocol
@@ -174,25 +183,11 @@ async def test_shutdown_closes_handed_over_connections_with_1012(
     gateway: Gateway, token: Callable[..., str]
 ) -> None:
     """Server shutdown closes a handed-over connection with 1012 and ends its session."""
-    async with await WsClient.open(gateway.url, "/ws/events/7", token(1)) as client:
-        await client.recv_json()  # connection_established
-        await client.recv_type("subscribed")
+    async with await _subscribed_client(gateway, token) as client:
         gateway.server.should_exit = True
         code, _ = await client.closed()
     assert code == 1012
     await async_wait_until(lambda: not gateway.replica.sessions, what="the session ended")
-
-
-async def _subscribed_client(gateway: Gateway, token: Callable[..., str]) -> WsClient:
-    client = await WsClient.open(gateway.url, "/ws/events/7", token(1))
-    await client.recv_json()  # connection_established
-    await client.recv_type("subscribed")
-    return client
-
-
-def _protocol(gateway: Gateway) -> FastWebSocketProtocol:
-    (protocol,) = gateway.protocols()
-    return protocol
 
 
 async def test_a_quiet_client_keeps_no_websockets_connection(

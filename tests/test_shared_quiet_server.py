@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from email.utils import formatdate, parsedate_to_datetime
 
 import httpx
@@ -30,6 +32,22 @@ def _config(**options: object) -> uvicorn.Config:
     config = uvicorn.Config(_app(), port=free_port(), log_config=None, **options)  # type: ignore[arg-type]
     config.load()
     return config
+
+
+@asynccontextmanager
+async def _serving(server: QuietServer) -> AsyncIterator[asyncio.Task[None]]:
+    """`server` serving once started; stopped (forced) on the way out, whatever happened."""
+    serving = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        return server.started
+
+    try:
+        await async_wait_until(started, timeout=10, what="serving")
+        yield serving
+    finally:
+        server.should_exit = server.force_exit = True
+        await asyncio.wait([serving])
 
 
 def test_the_date_is_made_when_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,13 +76,7 @@ async def test_an_idle_server_has_no_timer_and_exit_wakes_it() -> None:
     would, ends `serve` at once."""
     config = _config()
     server = QuietServer(config)
-    serving = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        return server.started
-
-    try:
-        await async_wait_until(started, timeout=10, what="serving")
+    async with _serving(server) as serving:
         # asyncio's own loop keeps its timers here (the tests run on it, not on uvloop).
         loop = asyncio.get_running_loop()
         assert [t for t in loop._scheduled if not t.cancelled()] == []  # type: ignore[attr-defined]
@@ -77,9 +89,6 @@ async def test_an_idle_server_has_no_timer_and_exit_wakes_it() -> None:
         threading.Thread(target=setattr, args=(server, "should_exit", True)).start()
         await asyncio.wait_for(asyncio.shield(serving), timeout=5)
         assert time.monotonic() - asked < 2
-    finally:
-        server.should_exit = server.force_exit = True
-        await asyncio.wait([serving])
 
 
 async def test_a_request_limit_still_ends_the_server() -> None:
@@ -87,16 +96,7 @@ async def test_a_request_limit_still_ends_the_server() -> None:
     own loop, so the limit still stops it."""
     config = _config(limit_max_requests=1, limit_max_requests_jitter=0)
     server = QuietServer(config)
-    serving = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        return server.started
-
-    try:
-        await async_wait_until(started, timeout=10, what="serving")
+    async with _serving(server) as serving:
         async with httpx.AsyncClient(headers={"Connection": "close"}) as client:
             assert (await client.get(f"http://127.0.0.1:{config.port}/")).text == "ok"
         await asyncio.wait_for(asyncio.shield(serving), timeout=5)
-    finally:
-        server.should_exit = server.force_exit = True
-        await asyncio.wait([serving])
