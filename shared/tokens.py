@@ -157,7 +157,8 @@ class _FastHs256:
             return None
         expected = hmac.digest(self._secret, f"{header}.{body}".encode(), "sha256")
         text = base64.urlsafe_b64encode(expected).rstrip(b"=").decode()
-        if not hmac.compare_digest(text, signature):
+        # compare_digest refuses non-ASCII text (TypeError): such a signature is no match.
+        if not signature.isascii() or not hmac.compare_digest(text, signature):
             return None
         data = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         if base64.urlsafe_b64encode(data).rstrip(b"=").decode() != body:

@@ -208,6 +208,7 @@ def test_a_common_token_takes_the_fast_path_and_gives_the_same_claims() -> None:
         _signed(b'{"alg":"HS256","typ":"JWT"}', b'["sub"]'),
         _signed(b'{"alg":"HS256","typ":"JWT"}', b'{"sub":1}'),
         _signed(b'{"alg":"HS256","typ":"JWT"}', b'{"sub":"1"}', key="y" * 40),
+        _signed(b'{"alg":"HS256","typ":"JWT"}', b'{"sub":"1"}')[:-1] + "\u00e9",
     ],
     ids=[
         "padded-signature",
@@ -215,6 +216,7 @@ def test_a_common_token_takes_the_fast_path_and_gives_the_same_claims() -> None:
         "payload-not-an-object",
         "sub-number",
         "wrong-key",
+        "non-ascii-signature",
     ],
 )
 def test_what_the_fast_path_doubts_goes_to_pyjwt(token: str) -> None:
