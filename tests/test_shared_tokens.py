@@ -233,3 +233,21 @@ def test_a_short_secret_gets_no_fast_path_and_pyjwt_warns_as_before() -> None:
     """A secret pyjwt would warn about gets no fast path, so the warning is not lost."""
     verifier = TokenVerifier(JwtKeys(secret="short", public_key=None))
     assert verifier._fast is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=200),
+        st.builds(
+            lambda body, signature: f"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{body}.{signature}",
+            st.text(max_size=60),
+            st.text(max_size=60),
+        ),
+    )
+)
+def test_any_text_as_a_token_is_refused_with_invalid_token(text: str) -> None:
+    """Whatever arrives in a query string (non-ASCII, dots, junk after a common header) is
+    refused with InvalidToken, never another exception."""
+    with pytest.raises(InvalidToken):
+        VERIFIER.verify(text)
