@@ -35,7 +35,7 @@ from shared.messages import SeatChange, utc_now_iso
 from shared.publisher import Publisher
 from tests.support.processes import ServiceProcess
 from tests.support.redis_server import RedisServer
-from tests.support.wait import async_wait_until
+from tests.support.wait import async_wait_until, pause
 
 LANES = 2000
 EVENTS = 20
@@ -120,7 +120,7 @@ class Lane:
         self._random = random.Random()
 
     async def run(self, stop: asyncio.Event, delay: float) -> None:
-        await asyncio.sleep(delay)  # ramp up: lanes start spread over RAMP_SECONDS
+        await pause(stop, delay)  # ramp up: lanes start spread over RAMP_SECONDS
         while not stop.is_set():
             try:
                 await self._connection(stop)
@@ -210,7 +210,7 @@ async def publish(redis_url: str, seqs: dict[int, int], stop: asyncio.Event) -> 
                     1_000_000 - seq, seq, utc_now_iso(),
                 )  # fmt: skip
                 assert await publisher.publish(change)
-            await asyncio.sleep(PUBLISH_INTERVAL)  # pace the seat changes
+            await pause(stop, PUBLISH_INTERVAL)  # pace the seat changes
     finally:
         await client.aclose()
 

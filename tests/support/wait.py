@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -36,6 +37,12 @@ async def async_wait_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(POLL_SECONDS)  # poll
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Pace load: wait `seconds`, or only until `stop` is set, so a stop takes effect at once."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 async def scheduled_callbacks_run() -> None:

@@ -27,7 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.support.processes import ServiceProcess
-from tests.support.wait import async_wait_until
+from tests.support.wait import async_wait_until, pause
 
 CHANGE_TYPES = frozenset({"booking_created", "booking_cancelled"})
 # Reconnect backoff: full jitter between 0 and min(cap, base * 2**attempt).
@@ -71,6 +71,8 @@ class RecordingWatcher:
     errors: list[dict[str, Any]] = field(default_factory=list)
     # Which of `urls` the next connection goes to.
     _index: int = 0
+    # Set by `stop`: no reconnect after the connection in hand.
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def seqs(self) -> list[int]:
@@ -82,9 +84,12 @@ class RecordingWatcher:
             not self.closed_at or self.subscribed_at[-1] > self.closed_at[-1]
         )
 
+    def stop(self) -> None:
+        self._stopped.set()
+
     async def run(self) -> None:
         attempt = 0
-        while True:
+        while not self._stopped.is_set():
             url = self.urls[self._index % len(self.urls)]
             try:
                 await self._connection(url)
@@ -95,7 +100,7 @@ class RecordingWatcher:
                 self._index += 1
             attempt += 1
             delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
-            await asyncio.sleep(delay)  # reconnect backoff, as a real client does
+            await pause(self._stopped, delay)  # reconnect backoff, as a real client does
 
     def _closed(self, code: int | None) -> None:
         self.close_codes.append(code)
@@ -158,6 +163,8 @@ class Watchers:
         return self
 
     async def stop(self) -> None:
+        for watcher in self.watchers:
+            watcher.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -237,7 +244,7 @@ class BookingLoad:
                 n += 1
                 await self._one(client, n)
                 if self.interval:
-                    await asyncio.sleep(self.interval)  # pace the load
+                    await pause(self._stop, self.interval)
 
     async def _one(self, client: httpx.AsyncClient, n: int) -> None:
         token = self.tokens[n % len(self.tokens)]
