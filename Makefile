@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv with seatcast and every extra
 
 run: $(STAMP) ## the whole local stack: embedded PostgreSQL/Redis unless DATABASE_URL/REDIS_URL are set
-	$(PY) -m shared.cli run
+	$(PY) -m shared.toolbox.cli run
 
 test: $(STAMP) ## the whole suite against real PostgreSQL and Redis
 	$(PY) -m pytest $(PYTEST_ARGS)

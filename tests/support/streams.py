@@ -15,7 +15,7 @@ from tests.support.wait import wait_until
 
 
 def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for `python -m shared.cli`: this checkout first on the path."""
+    """The environment for `python -m shared.toolbox.cli`: this checkout first on the path."""
     env = {
         k: v for k, v in os.environ.items() if k not in ("JWT_SECRET", "DATABASE_URL", "REDIS_URL")
     }
@@ -27,9 +27,9 @@ def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 def run_cli(
     *args: str, env: Mapping[str, str] | None = None, timeout: float = 30
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m shared.cli ARGS` to completion."""
+    """Run `python -m shared.toolbox.cli ARGS` to completion."""
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "shared.toolbox.cli", *args],
         env=cli_env(env),
         cwd=ROOT,
         capture_output=True,

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from shared.children import Child, StartFailed
+from shared.toolbox.children import Child, StartFailed
 
 DATABASE_NAME = "seatcast"
 INSTALL_HINT = "pip install -e '.[embedded]'"

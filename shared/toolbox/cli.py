@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from shared.api_client import ApiError, ApiUnreachable, check_base_url, request_json
 from shared.messages import encode_text
 from shared.settings import MIN_SECRET_BYTES
 from shared.tokens import MAX_SUB_DIGITS, mint_token
+from shared.toolbox.api_client import ApiRequestFailed, ApiUnreachable, check_base_url, request_json
 
 DEFAULT_GATEWAY = "ws://127.0.0.1:8001"
 DEFAULT_API = "http://127.0.0.1:8000"
@@ -94,7 +94,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     # Imported here: `token` and `book` must work without the websockets package.
-    from shared.watcher import WatchConfig, Watcher, WatchFailed
+    from shared.toolbox.watcher import WatchConfig, Watcher, WatchFailed
 
     config = WatchConfig(
         urls=gateway_urls(args.url),
@@ -133,14 +133,14 @@ def cmd_book(args: argparse.Namespace) -> int:
         )
     except ApiUnreachable as error:
         die(f"booking API: {error}")
-    except ApiError as error:
+    except ApiRequestFailed as error:
         die(f"booking refused: {error}")
     print(encode_text(booking), flush=True)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from shared.devstack import run_stack
+    from shared.toolbox.devstack import run_stack
 
     return run_stack(args)
 

@@ -29,15 +29,15 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from shared.api_client import ApiError, ApiUnreachable
-from shared.children import Child, Interrupted, StartFailed, last_words
-from shared.embedded import EmbeddedPostgres, redis_child
 from shared.redis_connect import connect as redis_connect
-from shared.seed import seed_demo_events
 from shared.settings import MIN_SECRET_BYTES, fail
 from shared.tokens import mint_token
+from shared.toolbox.api_client import ApiRequestFailed, ApiUnreachable
+from shared.toolbox.children import Child, Interrupted, StartFailed, last_words
+from shared.toolbox.embedded import EmbeddedPostgres, redis_child
+from shared.toolbox.seed import seed_demo_events
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SERVICE_READY_SECONDS = 60.0
 REDIS_READY_SECONDS = 20.0
 TOKEN_TTL_SECONDS = 24 * 3600
@@ -216,7 +216,7 @@ class Stack:
         admin = mint_token(self.secret, ADMIN_USER, admin=True, ttl_seconds=TOKEN_TTL_SECONDS)
         try:
             self.events = seed_demo_events(self.plan.api_url, admin)
-        except (ApiError, ApiUnreachable) as error:
+        except (ApiRequestFailed, ApiUnreachable) as error:
             raise StartFailed(f"seeding demo events through the booking API: {error}") from None
 
     def _check_ports(self) -> None:

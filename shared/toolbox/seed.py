@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.api_client import request_json
+from shared.toolbox.api_client import request_json
 
 DEMO_EVENTS: tuple[tuple[str, int], ...] = (
     ("Aurora Festival · Opening Night", 200),

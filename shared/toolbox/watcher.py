@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import re
 import time
 from collections.abc import Callable
@@ -22,6 +21,8 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from shared.backoff import full_jitter
 
 CHANGE_TYPES = frozenset({"booking_created", "booking_cancelled"})
 # A connection that lasted this long resets the backoff.
@@ -45,14 +46,6 @@ class WatchConfig:
     initial_delay: float = 0.5
     max_delay: float = 15.0
     open_timeout: float = 10.0
-
-
-def full_jitter(
-    attempt: int, initial: float, cap: float, rand: Callable[[], float] = random.random
-) -> float:
-    """A random delay in [0, min(cap, initial * 2^attempt)]."""
-    ceiling: float = min(cap, initial * 2 ** max(0, attempt))
-    return rand() * ceiling
 
 
 def is_auth_failure(code: int | None, reason: str) -> bool:

@@ -2,7 +2,7 @@
 
 Standard library only (urllib): one request at a time is all these callers need.
 Failures become two exceptions with one-line messages: `ApiUnreachable` (no
-answer at all) and `ApiError` (the API answered with an error body).
+answer at all) and `ApiRequestFailed` (the API answered with an error body).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class ApiUnreachable(Exception):
     """Nothing answered at the API's address (refused, unknown host, timeout)."""
 
 
-class ApiError(Exception):
+class ApiRequestFailed(Exception):
     """The API answered with an error status; `code` is its error code."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
@@ -66,12 +66,12 @@ def request_json(
         raise ApiUnreachable(f"cannot reach {_origin(url)}: {_reason(error)}") from None
 
 
-def _api_error(error: urllib.error.HTTPError) -> ApiError:
+def _api_error(error: urllib.error.HTTPError) -> ApiRequestFailed:
     try:
         detail = json.loads(error.read())["error"]
-        return ApiError(error.code, str(detail["code"]), str(detail["message"]))
+        return ApiRequestFailed(error.code, str(detail["code"]), str(detail["message"]))
     except (ValueError, KeyError, TypeError):
-        return ApiError(error.code, "http_error", f"HTTP {error.code} {error.reason}")
+        return ApiRequestFailed(error.code, "http_error", f"HTTP {error.code} {error.reason}")
 
 
 def _origin(url: str) -> str:

@@ -1,0 +1,1 @@
+"""The developer toolbox: `make run`, the `seatcast` CLI, embedded servers; not for backends."""
