@@ -21,6 +21,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from booking_api.metrics import ApiMetrics
 from booking_api.restore import StateRestorer
+from shared.aio import raise_if_cancelling
 from shared.messages import SeatChange, iso
 from shared.publisher import Publisher
 
@@ -47,18 +48,6 @@ _PENDING = """
 SELECT seq, type, booking_id, user_id, seats, available_seats, occurred_at
 FROM outbox WHERE event_id = $1 ORDER BY seq LIMIT $2 FOR UPDATE
 """
-
-
-def raise_if_cancelling() -> None:
-    """Re-raise a cancellation that a library swallowed.
-
-    redis-py's asyncio client can lose a `CancelledError` that lands inside
-    its connection handling (redis/redis-py#2028, #2551); the task then still
-    counts the request in `cancelling()`, so the loop checks it each round.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 class Relay:

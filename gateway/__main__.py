@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from gateway.server import run
+from gateway.process.server import run
 from shared.logs import configure
 from shared.settings import gateway_settings, load_or_exit
 

@@ -38,11 +38,10 @@ GATEWAY_VARIABLES = (
     "PING_TIMEOUT_SECONDS",
     "OUTBOUND_BUFFER_BYTES",
     "WORKERS",
-    "WS_IMPL",
     "SOCKET_TRANSPORT",
 )
 
-# SOCKET_TRANSPORT's values; the first is the default (gateway/transports.py).
+# SOCKET_TRANSPORT's values; the first is the default (gateway/process/transports.py).
 SOCKET_TRANSPORTS = ("uvloop", "aiofastnet")
 
 Env = Mapping[str, str]
@@ -90,8 +89,7 @@ class GatewaySettings(CommonSettings):
     ping_timeout_seconds: float
     outbound_buffer_bytes: int
     workers: int
-    ws_impl: str
-    # Whose transports carry client sockets: "uvloop" or "aiofastnet" (gateway/transports.py).
+    # Whose transports carry client sockets: "uvloop" or "aiofastnet" (process/transports.py).
     socket_transport: str
 
 
@@ -245,9 +243,6 @@ def gateway_settings(env: Env) -> GatewaySettings:
         ping_timeout_seconds=_float(env, "PING_TIMEOUT_SECONDS", 20.0, 0.1, 3600.0),
         outbound_buffer_bytes=_int(env, "OUTBOUND_BUFFER_BYTES", 1 << 20, 1024),
         workers=_int(env, "WORKERS", 1, 1, 256),
-        ws_impl=_choice(
-            env, "WS_IMPL", "auto", ("auto", "websockets", "websockets-sansio", "wsproto", "fast")
-        ),
         socket_transport=_choice(env, "SOCKET_TRANSPORT", SOCKET_TRANSPORTS[0], SOCKET_TRANSPORTS),
     )
 

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from gateway.fastws import text_frame
+from gateway.wire.frames import text_frame
 
 
 class Outgoing:
@@ -21,7 +21,7 @@ class Outgoing:
     frozen dataclass's `__setattr__` detours cost more than the JSON parse.
     """
 
-    __slots__ = ("_asgi", "data", "frame", "size")
+    __slots__ = ("data", "frame", "size")
 
     # What writing it adds to the `deliveries` count: replies are not deliveries.
     deliveries: ClassVar[int] = 0
@@ -31,20 +31,12 @@ class Outgoing:
         self.data = data
         # The outbound byte budget counts these bytes.
         self.size = len(data)
-        # The same as one WebSocket text frame, for connections that take frames (WS_IMPL=fast).
+        # The same as one WebSocket text frame, written to every watcher as it is.
         self.frame = text_frame(data)
-        self._asgi: dict[str, Any] | None = None
 
     @property
     def text(self) -> str:
         return self.data.decode()
-
-    @property
-    def asgi(self) -> dict[str, Any]:
-        """The ASGI send message, built once on first use and shared by every connection."""
-        if self._asgi is None:
-            self._asgi = {"type": "websocket.send", "text": self.text}
-        return self._asgi
 
 
 class Publication(Outgoing):
@@ -61,7 +53,6 @@ class Publication(Outgoing):
         self.data = data
         self.size = len(data)
         self.frame = text_frame(data)
-        self._asgi = None
         self.event_id = event_id
         self.seq = seq
         # Seconds since the epoch from the payload's `timestamp`; None without one.

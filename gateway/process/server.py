@@ -9,29 +9,16 @@ import signal
 import socket
 import sys
 from types import FrameType
-from typing import Final
 
 import uvicorn
 from starlette.applications import Starlette
 
-from gateway import heap
-from gateway.app import create_app
-from gateway.drain import DrainingServer
+from gateway.process import heap
+from gateway.process.app import create_app
+from gateway.process.drain import DrainingServer
+from gateway.wire.connection import WebSocketConnection
 from shared.logs import configure, uvicorn_log_config
 from shared.settings import GatewaySettings, fail
-
-# The contract's frame limit: larger client frames are closed with 1009.
-MAX_FRAME_BYTES: Final = 65_536
-# WS_IMPL -> uvicorn's `ws`. "fast" is uvicorn's sans-I/O protocol plus pre-framed,
-# coalesced writes (gateway/fastws.py); "auto" takes it: fastest in `make bench` and it
-# passes the whole gateway suite (README: Fan-out performance).
-WS_IMPLEMENTATIONS: Final = {
-    "auto": "gateway.fastws:FastWebSocketProtocol",
-    "fast": "gateway.fastws:FastWebSocketProtocol",
-    "websockets": "websockets",
-    "websockets-sansio": "websockets-sansio",
-    "wsproto": "wsproto",
-}
 
 logger = logging.getLogger(__name__)
 
@@ -41,28 +28,14 @@ def uvicorn_config(settings: GatewaySettings, app: Starlette) -> uvicorn.Config:
         app,
         host=settings.host,
         port=settings.port,
-        ws=WS_IMPLEMENTATIONS[settings.ws_impl],
-        ws_max_size=MAX_FRAME_BYTES,
-        ws_ping_interval=settings.ping_interval_seconds,
-        ws_ping_timeout=settings.ping_timeout_seconds,
-        # Compression would run once per watcher for every message: fan-out cost, not savings.
-        ws_per_message_deflate=False,
+        # uvicorn serves HTTP and hands every upgrade to the gateway's own WebSocket
+        # protocol; its limits and keepalive come from the gateway's settings.
+        ws=WebSocketConnection,
         log_config=uvicorn_log_config(settings.log_level),
         lifespan="on",
         # The drain closed the sessions already; what is left gets this long.
         timeout_graceful_shutdown=1,
     )
-
-
-class NoFrameTraces(logging.Filter):
-    """Drop the `websockets` library's debug trace of every frame.
-
-    It quotes what clients send, `refresh_token` messages included, cut short
-    so that the redaction in `shared.logs` cannot recognise the token.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in ("< %s", "> %s")
 
 
 def serve(settings: GatewaySettings, sockets: list[socket.socket] | None = None) -> None:
@@ -72,7 +45,6 @@ def serve(settings: GatewaySettings, sockets: list[socket.socket] | None = None)
     except ValueError as error:  # a JWT key that cannot verify tokens; the text names it
         fail(str(error))
     config = uvicorn_config(settings, app)
-    logging.getLogger("uvicorn.error").addFilter(NoFrameTraces())
     heap.tune()
     server = DrainingServer(config, app.state.replica)
     server.run(sockets)

@@ -1,10 +1,10 @@
 """The cyclic garbage collector, tuned for a process holding thousands of connections.
 
-Each connection keeps about 150 objects the collector tracks (tasks,
-coroutines, closures, headers) for its whole life. With CPython's default
-thresholds (700, 10, 10) a ramp of 5,000 connects ran 7 to 9 full
-collections of about 300 ms each: 600-700 µs of every connect's CPU, and a
-300 ms stall for every delivery in flight (issue 4's profile). Young
+A replica holds tens of objects the collector tracks per connection for the
+connection's whole life. With CPython's default thresholds (700, 10, 10) a
+ramp of thousands of connects runs several full collections, each walking
+every connection: a share of every connect's CPU, and a stall for every
+delivery in flight. Young
 collections are made rarer, full ones about 60 times rarer, and what startup built
 (modules, the app) is moved out of the collector's sight once serving begins.
 Garbage cycles left by closed connections are still collected, later.

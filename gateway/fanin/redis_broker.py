@@ -26,12 +26,13 @@ from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
-from gateway.backoff import full_jitter
-from gateway.broker import BrokerEventHandler, BrokerUnavailable
-from gateway.broker_base import BrokerBase
-from gateway.history import History
-from gateway.metrics import Stats
-from gateway.reply_stream import ReplyStream
+from gateway.fanin.broker import BrokerEventHandler, BrokerUnavailable
+from gateway.fanin.history import History
+from gateway.fanin.ordering import OrderedBroker
+from gateway.fanin.reply_stream import ReplyStream
+from gateway.fanout.stats import Stats
+from shared.aio import raise_if_cancelling
+from shared.backoff import full_jitter
 from shared.channels import event_channel, event_id_of_channel
 from shared.logs import redact
 
@@ -105,7 +106,7 @@ class _Link:
             self.stream.close()
 
 
-class RedisBroker(BrokerBase):
+class RedisBroker(OrderedBroker):
     """Keep one Redis subscription per watched event and feed publications to the hub."""
 
     def __init__(
@@ -175,7 +176,7 @@ class RedisBroker(BrokerBase):
                 logger.warning("redis pub/sub link lost", extra={"error": _describe(group)})
             except* Exception:
                 logger.exception("redis pub/sub link failed")
-            _raise_if_cancelled()
+            raise_if_cancelling()
             attempt = 0 if time.monotonic() - started > HEALTHY_LINK_SECONDS else attempt + 1
             await asyncio.sleep(full_jitter(attempt, self._backoff_base, self._backoff_cap))
 
@@ -218,7 +219,7 @@ class RedisBroker(BrokerBase):
     def _on_reply(self, link: _Link, reply: Any) -> None:
         """Every reply, in order, as it arrives (`ReplyStream.data_received` calls this)."""
         # Any reply proves the link alive: during a burst the PONG queues behind
-        # hundreds of messages not handled yet (issue 4, bug 4).
+        # hundreds of messages not handled yet.
         link.awaiting_pong = False
         if link.catching_up is not None:
             link.backlog.append(reply)
@@ -253,12 +254,12 @@ class RedisBroker(BrokerBase):
         """Await `step`, then handle the replies that queued meanwhile, in order."""
         try:
             await step()
-            _raise_if_cancelled()  # a history read may have swallowed it (redis-py's wait_for)
+            raise_if_cancelling()  # a history read may have swallowed it (redis-py's wait_for)
             while link.backlog:
                 following = self._handle(link, link.backlog.popleft())
                 if following is not None:
                     await following()
-                    _raise_if_cancelled()
+                    raise_if_cancelling()
         except Exception as error:
             # History failed: end the link; the reconnect fills the gap from history again.
             assert link.stream is not None
@@ -277,7 +278,7 @@ async def _until_one_fails(*steps: Coroutine[Any, Any, None]) -> None:
     Not a TaskGroup: on Python 3.11 a task group whose child fails leaves its
     parent's cancellation count raised (fixed in 3.12), and `run` then took the
     lost link for its own cancellation and stopped for good: no reconnect, every
-    later subscribe timed out (issue 4, the gateway that stopped answering).
+    later subscribe timed out.
     """
     tasks = [asyncio.create_task(step) for step in steps]
     try:
@@ -290,13 +291,6 @@ async def _until_one_fails(*steps: Coroutine[Any, Any, None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
     raise ConnectionError("the pub/sub link ended")
-
-
-def _raise_if_cancelled() -> None:
-    """Re-raise a cancellation that a task group folded into an exception group."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _batches(items: list[int], size: int) -> Iterable[list[int]]:

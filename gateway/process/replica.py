@@ -6,23 +6,22 @@ are made by the lifespan and kept in `Runtime`.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.broker import Broker
-from gateway.deadlines import ExpiryClock
-from gateway.flusher import Flusher
-from gateway.history import History
-from gateway.hub import Hub
-from gateway.metrics import Gauges, Metrics, Stats
+from gateway.fanin.broker import Broker
+from gateway.fanin.history import History
+from gateway.fanout.hub import Hub
+from gateway.fanout.outbound import Flusher
+from gateway.fanout.stats import LatencyHistogram, Stats
+from gateway.process.metrics import Gauges, Metrics
+from gateway.session.expiry import ExpiryClock
+from gateway.session.registry import Sessions
+from gateway.session.session import Services
 from shared.redis_connect import AnyRedis
 from shared.settings import GatewaySettings
 from shared.tokens import TokenVerifier
-
-if TYPE_CHECKING:
-    from gateway.session import Session
 
 
 @dataclass(frozen=True)
@@ -38,23 +37,20 @@ class Replica:
     settings: GatewaySettings
     verifier: TokenVerifier
     stats: Stats = field(default_factory=Stats)
-    # Open, authenticated sessions.
-    sessions: set[Session] = field(default_factory=set)
-    # Set while no session is open; the drain waits on it.
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    # True from SIGTERM on: not ready, no new connections.
-    draining: bool = False
+    # Open, authenticated sessions; the draining flag.
+    sessions: Sessions = field(init=False)
     started_at: float = field(default_factory=time.monotonic)
     # Set by the lifespan; None before startup and after shutdown.
     runtime: Runtime | None = None
+    delivery_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     metrics: Metrics = field(init=False)
-    # Writes each loop turn's gathered frames; shared by the hub and every writer.
+    # Writes each loop turn's gathered frames; shared by the hub and every outbound.
     flusher: Flusher = field(init=False)
     # Closes sessions whose token expired.
     expiry: ExpiryClock = field(default_factory=ExpiryClock)
 
     def __post_init__(self) -> None:
-        self.idle.set()
+        self.sessions = Sessions(self.settings.max_connections)
         self.metrics = Metrics(
             self.stats,
             Gauges(
@@ -62,17 +58,9 @@ class Replica:
                 subscriptions=lambda: self.hub.subscription_count if self.runtime else 0,
                 events_watched=lambda: len(self.hub.watched_events()) if self.runtime else 0,
             ),
+            self.delivery_latency,
         )
-        self.flusher = Flusher(self.metrics.delivery_latency.observe)
-
-    def add_session(self, session: Session) -> None:
-        self.sessions.add(session)
-        self.idle.clear()
-
-    def remove_session(self, session: Session) -> None:
-        self.sessions.discard(session)
-        if not self.sessions:
-            self.idle.set()
+        self.flusher = Flusher(self.delivery_latency.observe)
 
     @property
     def hub(self) -> Hub:
@@ -80,16 +68,24 @@ class Replica:
         return self.runtime.hub
 
     @property
-    def full(self) -> bool:
-        limit = self.settings.max_connections
-        return limit is not None and len(self.sessions) >= limit
+    def draining(self) -> bool:
+        return self.sessions.draining
 
-    def origin_allowed(self, origin: str | None) -> bool:
-        """Browsers always send `Origin`; clients that send none are not browsers and pass."""
-        allowed = self.settings.allowed_origins
-        if not allowed or origin is None or "*" in allowed:
-            return True
-        return origin.rstrip("/") in allowed
+    def services(self) -> Services:
+        """What its sessions use; once the lifespan has made the runtime."""
+        runtime = self.runtime
+        assert runtime is not None, "the replica has not started"
+        return Services(
+            settings=self.settings,
+            verifier=self.verifier,
+            hub=runtime.hub,
+            history=runtime.history,
+            stats=self.stats,
+            flusher=self.flusher,
+            expiry=self.expiry,
+            sessions=self.sessions,
+            stats_data=self.stats_data,
+        )
 
     def stats_data(self) -> dict[str, Any]:
         """The `data` of a `stats` reply."""

@@ -5,8 +5,13 @@ this protocol replaces its stream reader on the same transport. Each chunk
 Redis sends is fed to hiredis in `data_received` and every complete reply is
 passed to a callback there and then. redis-py's `read_response` costs a
 future, a task switch and four coroutine frames per read: with many events
-and few watchers each, that was the largest cost per message after the
-writes themselves (issue 4's routing profile).
+and few watchers each, that is the largest cost per message after the
+writes themselves.
+
+This is the one module that reads a private attribute of redis-py (the
+connection's `_writer`, to reach its transport): `redis_connection_transport`
+is checked by tests/unit/fanin/test_reply_stream.py, which fails loudly when
+an upgrade changes it, and pyproject.toml bounds redis-py's version.
 """
 
 from __future__ import annotations
@@ -37,10 +42,7 @@ class ReplyStream(asyncio.Protocol):
         # Resolved with the reason once the connection is lost or a reply is unusable (a
         # result, not an exception: a closed stream nobody waits on logs nothing).
         self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-        writer = getattr(connection, "_writer", None)
-        if writer is None:
-            raise RedisConnectionError("the connection is not connected")
-        self._transport = cast(asyncio.Transport, writer.transport)
+        self._transport = redis_connection_transport(connection)
 
     @classmethod
     def take_over(
@@ -86,3 +88,11 @@ class ReplyStream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(exc or RedisConnectionError("Redis closed the pub/sub connection"))
+
+
+def redis_connection_transport(connection: AbstractConnection) -> asyncio.Transport:
+    """The transport under a connected redis-py connection (its private stream writer's)."""
+    writer = getattr(connection, "_writer", None)
+    if writer is None:
+        raise RedisConnectionError("the connection is not connected")
+    return cast(asyncio.Transport, writer.transport)

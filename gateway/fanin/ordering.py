@@ -1,6 +1,6 @@
 """What the Redis brokers share: the wanted events, subscribe waiters, and gap-free hand-on.
 
-A broker variant (`broker_redis` for one Redis, `broker_cluster` for Redis
+A broker variant (`redis_broker` for one Redis, `cluster_broker` for Redis
 Cluster) owns its connections and tells this base two things: a message
 arrived on an event's channel (`_receive`), and a subscription was
 (re-)established after the link or the shard changed (`_fill_after_reconnect`).
@@ -14,16 +14,16 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-from gateway.broker import BrokerEventHandler
-from gateway.history import History
-from gateway.metrics import Stats
-from gateway.publication import Publication, parse_publication
+from gateway.fanin.broker import BrokerEventHandler
+from gateway.fanin.history import History
+from gateway.fanout.publication import Publication, parse_publication
+from gateway.fanout.stats import Stats
 from shared.channels import event_channel, event_id_of_channel
 
 logger = logging.getLogger(__name__)
 
 
-class BrokerBase:
+class OrderedBroker:
     """Wanted events, waiters, and ordered, gap-filled delivery to the hub."""
 
     def __init__(

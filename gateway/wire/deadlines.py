@@ -1,19 +1,18 @@
-"""Many deadlines on one timer: token expiry for every session, keepalive pings for every socket.
+"""Many deadlines on one timer: keepalive pings for every socket, token expiry for every session.
 
 A `call_later` per connection is a timer handle plus a libuv timer kept for
-the connection's whole life: 0.6 to 0.8 KiB of every idle client (issue 4's
-memory profile). Items go into buckets `resolution` seconds wide instead,
-and one timer, set only while anything is watched, calls what is due. An
-item is called at most `resolution` seconds after its deadline.
+the connection's whole life, a sizeable share of an idle client's memory.
+Items go into buckets `resolution` seconds wide instead, and one timer, set
+only while anything is watched, calls what is due. An item is called at most
+`resolution` seconds after its deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -75,18 +74,3 @@ class Deadlines(Generic[T]):
                 del self._bucket_of[item]
                 self._on_due(item)
         self._schedule()
-
-
-class Expiring(Protocol):
-    def expired(self) -> None: ...
-
-
-class ExpiryClock(Deadlines[Expiring]):
-    """Token expiry for a replica's sessions: `expired()` within a second after `exp`."""
-
-    def __init__(self) -> None:
-        super().__init__(_expire, now=time.time, resolution=1.0)
-
-
-def _expire(session: Expiring) -> None:
-    session.expired()

@@ -18,7 +18,7 @@ master owning its slot. Three things move an event to another connection:
 Replies on a connection come back in the order the commands went out, so
 each link keeps its commands in flight in a queue and matches every reply to
 the oldest; an `sunsubscribe` that matches nothing was the server's own.
-Ordering, duplicate drops and gap fills are `BrokerBase`'s, shared with the
+Ordering, duplicate drops and gap fills are `OrderedBroker`'s, shared with the
 single-Redis broker; two links may briefly both deliver an event while it
 moves, and the base drops whatever is not newer than what the hub has.
 """
@@ -36,12 +36,12 @@ from urllib.parse import urlsplit
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError, ResponseError
 
-from gateway.backoff import full_jitter
-from gateway.broker import BrokerEventHandler, BrokerUnavailable
-from gateway.broker_base import BrokerBase
-from gateway.cluster_slots import Address, SlotMap, fetch_slot_map
-from gateway.history import History
-from gateway.metrics import Stats
+from gateway.fanin.broker import BrokerEventHandler, BrokerUnavailable
+from gateway.fanin.cluster_slots import Address, SlotMap, fetch_slot_map
+from gateway.fanin.history import History
+from gateway.fanin.ordering import OrderedBroker
+from gateway.fanout.stats import Stats
+from shared.backoff import full_jitter
 from shared.channels import event_channel, event_id_of_channel
 from shared.logs import redact
 
@@ -121,7 +121,7 @@ class _NodeLink:
         self.needs_fill.discard(event_id)
 
 
-class ClusterBroker(BrokerBase):
+class ClusterBroker(OrderedBroker):
     """Keep one sharded subscription per watched event, on the master owning its slot."""
 
     def __init__(

@@ -1,13 +1,12 @@
-"""One client connection: its token, its subscriptions, its reading.
+"""One client connection's conversation: its token, its subscriptions, its commands.
 
-With WS_IMPL=fast the ASGI handler task sets the session up and ends: the
-connection hands client messages to the session as they arrive (`listen`),
-and a task exists only while one is being handled. Frames go straight to the
-transport (`FrameWriter`), and a close is written at once, ending the read.
-With uvicorn's implementations the handler task owns the session, running
-the reader and a writer task (the outbound queue) as two children; whichever
-ends first ends the session. Anything may ask for a close (`writer.close`):
-the rate limit, the token's expiry, an overflow, a drain.
+The connection hands the session client messages as they arrive
+(`messages_arrived`); a task reads them only while there are some, so an idle
+client holds no task. Everything the session writes goes through the
+connection's one `Outbound`: replies, replayed history, and (through the hub)
+live publications. Anything may ask for a close (`close`): the rate limit,
+the token's expiry, an overflow, a drain; the outbound's close sequence is
+the same for all of them.
 """
 
 from __future__ import annotations
@@ -15,34 +14,61 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
 
 from redis.exceptions import RedisClusterException, RedisError
-from starlette.websockets import WebSocket
 
-from gateway import protocol
-from gateway.broker import BrokerUnavailable
-from gateway.fastws import FrameSink, frame_sink
-from gateway.frame_writer import FrameWriter
-from gateway.history import EventState
-from gateway.hub import UNKNOWN_SEQ, Subscription
-from gateway.protocol import Command, ProtocolError
-from gateway.publication import outgoing
-from gateway.ratelimit import RateLimit
-from gateway.replica import Replica
-from gateway.writer import Writer
+from gateway.fanin.broker import BrokerUnavailable
+from gateway.fanin.history import EventState, History
+from gateway.fanout.hub import UNKNOWN_SEQ, Hub, Subscription
+from gateway.fanout.outbound import Flusher, Outbound, Sink
+from gateway.fanout.publication import outgoing
+from gateway.fanout.stats import Stats
+from gateway.session import commands as protocol
+from gateway.session.commands import Command, ProtocolError
+from gateway.session.expiry import ExpiryClock
+from gateway.session.limits import RateLimit
+from gateway.session.registry import Sessions
+from shared.aio import raise_if_cancelling
 from shared.messages import iso
-from shared.tokens import Claims, InvalidToken
+from shared.settings import GatewaySettings
+from shared.tokens import Claims, InvalidToken, TokenVerifier
 
 POLICY_VIOLATION: Final = 1008
 INTERNAL_ERROR: Final = 1011
 RATE_LIMIT_REASON: Final = "Too many messages"
 EXPIRED_REASON: Final = "Authentication token expired"
 UNAVAILABLE_TEXT: Final = "Event feed temporarily unavailable, try again"
-CLOSE_TIMEOUT_SECONDS: Final = 10.0
 
 logger = logging.getLogger(__name__)
+
+
+class Connection(Sink, Protocol):
+    """What a session needs of its connection (gateway/wire/connection.py for WebSocket)."""
+
+    def take(self) -> str | bytes | None:
+        """The oldest client message not handled yet, or None."""
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as a task the server owns (it waits for it, then cancels it, at shutdown)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Services:
+    """What sessions use of their replica, made by the replica's lifespan."""
+
+    settings: GatewaySettings
+    verifier: TokenVerifier
+    hub: Hub
+    history: History
+    stats: Stats
+    flusher: Flusher
+    expiry: ExpiryClock
+    sessions: Sessions
+    # The `data` of a `stats` reply.
+    stats_data: Callable[[], dict[str, Any]]
 
 
 class Session:
@@ -50,44 +76,34 @@ class Session:
 
     # One per connection, alive as long as it is.
     __slots__ = (
+        "_connection",
         "_limit",
         "_reading",
         "_released",
-        "_replica",
-        "_sink",
+        "_services",
         "_subscriptions",
-        "_websocket",
         "claims",
         "client_id",
-        "writer",
+        "outbound",
     )
 
-    def __init__(self, websocket: WebSocket, replica: Replica, claims: Claims) -> None:
-        # None once the connection hands its messages over (WS_IMPL=fast).
-        self._websocket: WebSocket | None = websocket
-        self._replica = replica
+    def __init__(
+        self, connection: Connection, head: bytes, services: Services, claims: Claims
+    ) -> None:
+        self._connection = connection
+        self._services = services
         self.claims = claims
         self.client_id = secrets.token_hex(16)
-        settings = replica.settings
-        sink = self._sink = frame_sink(websocket)
-        self.writer: Writer | FrameWriter
-        if sink is not None:
-            self.writer = FrameWriter(
-                sink, settings.outbound_buffer_bytes, replica.stats, replica.flusher
-            )
-        else:
-            self.writer = Writer(
-                websocket,
-                settings.outbound_buffer_bytes,
-                replica.stats,
-                close_timeout=CLOSE_TIMEOUT_SECONDS,
-            )
+        settings = services.settings
+        self.outbound = Outbound(
+            connection, head, settings.outbound_buffer_bytes, services.stats, services.flusher
+        )
         self._limit = RateLimit(settings.max_client_messages_per_second)
         # event id -> this session's watch of it.
         self._subscriptions: dict[int, Subscription] = {}
         # True once the session gave its watches back to the hub; it takes no new ones.
         self._released = False
-        # True while a task handles messages the connection handed over.
+        # True while a task reads the connection's messages.
         self._reading = False
 
     @property
@@ -95,85 +111,38 @@ class Session:
         return frozenset(self._subscriptions)
 
     def close(self, code: int, reason: str) -> None:
-        self.writer.close(code, reason)
+        self.outbound.close(code, reason)
 
-    async def run(self, path_event: str | None) -> bool:
-        """Serve the connection: until either side closes it, or until it is handed over.
-
-        True means handed over (WS_IMPL=fast): the session then reads what
-        the connection hands it (`_wake`) and ends itself (`_end`). An idle
-        client then holds no task at all: 4 KiB of every connection, and less
-        for the collector to walk (issue 4's memory profile). Otherwise the
-        session has ended when this returns.
-        """
+    def start(self, path_event: str | None) -> None:
+        """Greet the client; subscribe to the path's event, if any, before reading commands."""
         self._send(protocol.connection_established(self.client_id, _path_event_id(path_event)))
         self._watch_expiry()
-        if self._sink is None:
-            assert isinstance(self.writer, Writer)
-            await self._read_and_write(self.writer, path_event)
-            return False
+        if path_event is not None:
+            self._reading = True
+            self._connection.spawn(self._read(path_event))
+
+    def messages_arrived(self) -> None:
+        """Read what arrived, and any that follow, in a task while there are some."""
+        if not self._reading and not self._released:
+            self._reading = True
+            self._connection.spawn(self._read())
+
+    def closed(self) -> None:
+        """The conversation is over: write nothing more, and leave the replica."""
+        self.outbound.peer_gone()
+        # Not now: this may be called from inside a fan-out (an overflow's close), whose
+        # watchers must not change while it runs.
+        asyncio.get_running_loop().call_soon(self._end)
+
+    async def _read(self, path_event: str | None = None) -> None:
         try:
             if path_event is not None:
                 await self._guarded(self._path_subscribe(path_event))
-                _raise_if_cancelled()
-        except BaseException:
-            self._release()
-            raise
-        self._websocket = None
-        self._sink.listen(self._wake)
-        return True
-
-    async def _read_and_write(self, writer: Writer, path_event: str | None) -> None:
-        reader = asyncio.create_task(self._read(path_event))
-        writer_task = asyncio.create_task(writer.run())
-        try:
-            await asyncio.wait({reader, writer_task}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            reader.cancel()
-            writer_task.cancel()
-            try:
-                await asyncio.wait({reader, writer_task})
-            finally:
-                # Even when this wait is itself cancelled (server shutdown), the hub
-                # must not keep watchers for a connection that is gone.
-                self._release()
-            for task in (reader, writer_task):
-                if not task.cancelled() and task.exception() is not None:
-                    logger.error(
-                        "session task failed",
-                        exc_info=task.exception(),
-                        extra={"clientId": self.client_id},
-                    )
-
-    def _release(self) -> None:
-        self._released = True
-        self._replica.expiry.forget(self)
-        for subscription in self._subscriptions.values():
-            self._replica.hub.unsubscribe(subscription)
-        self._subscriptions.clear()
-
-    async def _read(self, path_event: str | None) -> None:
-        if path_event is not None:
-            await self._guarded(self._path_subscribe(path_event))
-        assert self._websocket is not None
-        receive = self._websocket.receive
-        while await self._on_message(await receive()):
-            _raise_if_cancelled()
-
-    def _wake(self) -> None:
-        """A message arrived: read it, and any after it, in a task while there are some."""
-        if not self._reading and not self._released:
-            assert self._sink is not None
-            self._reading = True
-            self._sink.spawn(self._read_arrived(self._sink))
-
-    async def _read_arrived(self, sink: FrameSink) -> None:
-        try:
-            while (message := sink.take()) is not None:
-                if not await self._on_message(message):
-                    self._end()
-                    return
-                _raise_if_cancelled()
+                raise_if_cancelling()
+            take = self._connection.take
+            while (message := take()) is not None:
+                await self._on_message(message)
+                raise_if_cancelling()
         except BaseException:
             # Cancelled at shutdown: the hub must not keep watchers for a connection
             # nobody serves.
@@ -183,29 +152,25 @@ class Session:
             self._reading = False
 
     def _end(self) -> None:
-        """The end of a handed-over connection: watches back, out of the replica."""
-        assert self._sink is not None
-        # The connection's mailbox refers to this session: a closed connection is
-        # freed by reference counting, not left for the collector.
-        self._sink.listen(None)
-        self._release()
-        self._replica.remove_session(self)
+        """Give every watch back and leave the replica; again is fine."""
+        if self._released:
+            return
+        self._released = True
+        services = self._services
+        services.expiry.forget(self)
+        for subscription in self._subscriptions.values():
+            services.hub.unsubscribe(subscription)
+        self._subscriptions.clear()
+        services.sessions.remove(self)
 
-    async def _on_message(self, message: Mapping[str, Any]) -> bool:
-        """Handle one client message; False once it says the client is gone."""
-        if message["type"] == "websocket.disconnect":
-            self.writer.peer_gone()
-            return False
-        self._replica.stats.client_messages += 1
-        if self.writer.close_request is not None:
-            return True
+    async def _on_message(self, message: str | bytes) -> None:
+        self._services.stats.client_messages += 1
+        if self.outbound.close_request is not None:
+            return
         if not self._limit.allow(asyncio.get_running_loop().time()):
             self.close(POLICY_VIOLATION, RATE_LIMIT_REASON)
-            return True
-        text = message.get("text")
-        command = protocol.parse(text if text is not None else message.get("bytes", b""))
-        await self._guarded(self._handle(command))
-        return True
+            return
+        await self._guarded(self._handle(protocol.parse(message)))
 
     async def _guarded(self, step: Any) -> None:
         try:
@@ -240,7 +205,7 @@ class Session:
 
     async def _subscribe(self, command: protocol.SubscribeEvent) -> None:
         event_id = command.event_id
-        limit = self._replica.settings.max_subscriptions
+        limit = self._services.settings.max_subscriptions
         if (
             command.add
             and event_id not in self._subscriptions
@@ -254,8 +219,10 @@ class Session:
             for other in [e for e in self._subscriptions if e != event_id]:
                 self._drop(other)
         since = command.since
-        subscription = Subscription(event_id, self.writer, UNKNOWN_SEQ if since is None else since)
-        hub = self._replica.hub
+        subscription = Subscription(
+            event_id, self.outbound, UNKNOWN_SEQ if since is None else since
+        )
+        hub = self._services.hub
         try:
             await hub.subscribe(subscription)
         except BrokerUnavailable:
@@ -279,8 +246,7 @@ class Session:
 
     async def _start(self, subscription: Subscription, since: int | None) -> None:
         """Send `subscribed`, the replay `since` asks for, then go live: no gap, no duplicate."""
-        assert self._replica.runtime is not None
-        history = self._replica.runtime.history
+        history = self._services.history
         event_id = subscription.event_id
         state = await history.state(event_id)
         if since is None:
@@ -301,17 +267,17 @@ class Session:
     def _drop(self, event_id: int) -> None:
         subscription = self._subscriptions.pop(event_id, None)
         if subscription is not None:
-            self._replica.hub.unsubscribe(subscription)
+            self._services.hub.unsubscribe(subscription)
 
     def _get_stats(self) -> None:
         if not self.claims.is_admin:
             self._error(protocol.FORBIDDEN, "Admin rights required")
             return
-        self._send(protocol.stats(self._replica.stats_data()))
+        self._send(protocol.stats(self._services.stats_data()))
 
     def _refresh(self, token: str) -> None:
         try:
-            claims = self._replica.verifier.verify(token)
+            claims = self._services.verifier.verify(token)
         except InvalidToken:
             self._error(protocol.INVALID_TOKEN, "Invalid authentication token")
             return
@@ -326,26 +292,19 @@ class Session:
     def _watch_expiry(self) -> None:
         expires_at = self.claims.expires_at
         if expires_at is None:
-            self._replica.expiry.forget(self)
+            self._services.expiry.forget(self)
         else:
-            self._replica.expiry.watch(self, expires_at.timestamp())
+            self._services.expiry.watch(self, expires_at.timestamp())
 
     def expired(self) -> None:
         """The token's `exp` has passed (the replica's `ExpiryClock` calls this)."""
         self.close(POLICY_VIOLATION, EXPIRED_REASON)
 
     def _send(self, message: dict[str, Any]) -> None:
-        self.writer.offer(outgoing(message))
+        self.outbound.send(outgoing(message))
 
     def _error(self, code: protocol.ErrorCode, text: str) -> None:
         self._send(protocol.error_message(code, text))
-
-
-def _raise_if_cancelled() -> None:
-    """Python 3.11's wait_for (used by redis-py) can drop a cancellation racing a reply."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _path_event_id(path_event: str | None) -> int | None:

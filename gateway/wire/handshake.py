@@ -1,13 +1,13 @@
-"""The opening handshake of WS_IMPL=fast, for requests that need no judgement (RFC 6455 4.2).
+"""The opening handshake for requests that need no judgement (RFC 6455 4.2), and refusals.
 
 uvicorn hands the WebSocket protocol the upgrade request that httptools has
-already parsed, rebuilt as bytes; websockets then parses it again with its
-generator-based reader and builds a `Headers` object for the request and one
-for the response: ~55 µs of every connect, a tenth of its server CPU (issue
-4's connect profile). A well-formed request is read here with a few splits
-instead. Anything this module cannot vouch for exactly as websockets would — a
+already parsed, rebuilt as bytes. websockets' `ServerProtocol` would parse it
+again with its generator-based reader and build a `Headers` object for the
+request and one for the response, a tenth of a connect's server CPU
+(docs/performance.md). A well-formed request is read here with a few splits
+instead. Anything this module cannot vouch for exactly as websockets would (a
 repeated or missing header, a malformed key, an unusual `Connection` list, a
-subprotocol offer, a body, a line over websockets' limits — gets None, and
+subprotocol offer, a body, a line over websockets' limits) gets None, and
 the caller lets websockets handle the request: every refusal keeps its
 status and text.
 """
@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Final
+from urllib.parse import unquote
 
-from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
-from websockets.utils import accept_key
+# websockets' default limits on a request: past them, it is websockets that answers.
+MAX_NUM_HEADERS: Final = 128
+MAX_LINE_LENGTH: Final = 8192
+# RFC 6455 1.3: appended to the client's key to prove the server read it.
+ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 # RFC 9110 tokens and field values, as websockets' parser checks them.
 _TOKEN: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
@@ -47,6 +53,23 @@ class Upgrade:
     # The `Sec-WebSocket-Accept` value that answers the key.
     accept: str
 
+    @property
+    def path(self) -> str:
+        """The target's path, percent-decoded."""
+        return unquote(self.target.partition("?")[0])
+
+    @property
+    def query(self) -> str:
+        """The target's query string, as sent."""
+        return self.target.partition("?")[2]
+
+    def header(self, name: bytes) -> str | None:
+        """The first value of header `name` (lowercase), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value.decode("latin-1")
+        return None
+
 
 def read_upgrade(request: bytes) -> Upgrade | None:
     """The upgrade request in `request`, or None if websockets should judge it."""
@@ -66,7 +89,12 @@ def read_upgrade(request: bytes) -> Upgrade | None:
     key = _value(headers, b"sec-websocket-key")
     if _value(headers, b"sec-websocket-version") != b"13" or not _is_key(key):
         return None
-    return Upgrade(target.decode("ascii"), headers, accept_key(key.decode("ascii")))
+    return Upgrade(target.decode("ascii"), headers, accept_key(key))
+
+
+def accept_key(key: bytes) -> str:
+    """The `Sec-WebSocket-Accept` value answering `key` (RFC 6455 4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key + ACCEPT_GUID).digest()).decode("ascii")
 
 
 def _headers(lines: list[bytes]) -> list[tuple[bytes, bytes]] | None:
@@ -116,3 +144,13 @@ def switching_protocols(accept: str, headers: list[tuple[bytes, bytes]]) -> byte
     lines += [name + b": " + value + b"\r\n" for name, value in headers]
     lines.append(b"\r\n")
     return b"".join(lines)
+
+
+def refusal(status: int, text: str) -> bytes:
+    """A plain-text HTTP response refusing the upgrade; the connection closes after it."""
+    body = text.encode()
+    phrase = HTTPStatus(status).phrase.encode("ascii")
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (status, phrase, len(body))
+    ) + body

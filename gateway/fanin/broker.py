@@ -5,16 +5,17 @@ number of local watchers; the hub tells it when an event's first watcher
 arrives and when its last one leaves. Delivery is ordered per event and gap
 free as far as the event's history allows: a broker that sees `seq` jump, or
 that lost its connection, reads the missing messages from history before it
-hands on later ones. `broker_redis` implements it over one Redis pub/sub
-connection, `broker_cluster` over Redis Cluster's sharded pub/sub (one
-connection per master); `broker_base` holds what they share.
+hands on later ones. `redis_broker` implements it over one Redis pub/sub
+connection, `cluster_broker` over Redis Cluster's sharded pub/sub (one
+connection per master); `ordering` holds what they share. `memory_broker`
+keeps it within one process.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from gateway.publication import Publication
+from gateway.fanout.publication import Publication
 
 
 class BrokerUnavailable(Exception):

@@ -18,13 +18,12 @@ from typing import Final
 
 import uvicorn
 
-from gateway import heap
-from gateway.replica import Replica
-from gateway.transports import serve_clients_with
+from gateway.process import heap
+from gateway.process.replica import Replica
+from gateway.process.transports import serve_clients_with
+from gateway.session.admission import DRAINING_REASON, SERVICE_RESTART
 from shared.quiet_server import QuietServer
 
-SERVICE_RESTART: Final = 1012
-DRAIN_REASON: Final = "Server shutting down, reconnect elsewhere"
 # Closes go out over the first part of the window, the rest is for goodbyes and exit.
 SPREAD_FRACTION: Final = 0.5
 WAIT_FRACTION: Final = 0.75
@@ -34,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 async def drain(replica: Replica) -> None:
     """Close every session with 1012, spread over the replica's drain window."""
-    replica.draining = True
+    replica.sessions.draining = True
     loop = asyncio.get_running_loop()
     window = replica.settings.drain_seconds
     start = loop.time()
@@ -44,10 +43,10 @@ async def drain(replica: Replica) -> None:
         delay = start + window * SPREAD_FRACTION * index / len(sessions) - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        session.close(SERVICE_RESTART, DRAIN_REASON)
+        session.close(SERVICE_RESTART, DRAINING_REASON)
     try:
         async with asyncio.timeout_at(start + window * WAIT_FRACTION):
-            await replica.idle.wait()
+            await replica.sessions.idle.wait()
     except TimeoutError:
         logger.warning("drain window over", extra={"connections": len(replica.sessions)})
 

@@ -1,0 +1,1 @@
+"""The replica as a process: the app and its lifespan, uvicorn, the drain, metrics."""

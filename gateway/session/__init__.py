@@ -1,0 +1,1 @@
+"""One client connection's conversation: admission, commands, limits, token expiry."""
