@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 
 import httpx
 import pytest
@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from shared.tokens import mint_token
 from tests.support.api_client import running_app, settings_for
+from tests.support.binaries import MISSING, under_ci
 from tests.support.postgres import PostgresServer
 from tests.support.processes import ServiceProcess
 from tests.support.redis_server import RedisServer
@@ -19,6 +20,21 @@ JWT_SECRET = "test-secret-that-is-long-enough-for-hs256!"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--long", action="store_true", help="run the long soak and fault variants")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Under CI=true a test skipped for a missing binary (tests/support/binaries.py) fails."""
+    report = yield
+    if report.skipped and under_ci() and isinstance(report.longrepr, tuple):
+        reason = report.longrepr[2]
+        if MISSING in reason:
+            report.outcome = "failed"
+            missing = reason.removeprefix("Skipped: ")
+            report.longrepr = f"{missing}: a failure under CI=true (.ci/run installs it)"
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ test-artifacts/demo.png.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import pytest
 
 from shared.tokens import mint_token
 from tests.conftest import JWT_SECRET
+from tests.support.binaries import needs_binary
 from tests.support.postgres import PostgresServer
 from tests.support.processes import ROOT, ServiceProcess
 from tests.support.stack import Services, shared_services, start_services
@@ -40,9 +40,7 @@ CHROMIUM_ARGS = [
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="the playwright package is not installed"
 )
-pytestmark = pytest.mark.skipif(
-    shutil.which(CHROMIUM) is None, reason=f"{CHROMIUM} is missing (apt-get install chromium)"
-)
+pytestmark = needs_binary(CHROMIUM, "apt-get install chromium")
 
 
 @dataclass

@@ -12,14 +12,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.support.binaries import needs_binary
 
 SCENARIOS = Path(__file__).parent / "js" / "client_scenarios.js"
 NODE = shutil.which("node")
 
-pytestmark = pytest.mark.skipif(
-    NODE is None, reason="node is not installed (apt-get install nodejs)"
-)
+pytestmark = needs_binary("node", "apt-get install nodejs")
 
 
 def run_scenario(name: str) -> None:

@@ -21,6 +21,7 @@ from booking_api.restore import SENTINEL_KEY
 from gateway.broker_cluster import SSUBSCRIBE, SUNSUBSCRIBE, _NodeLink
 from gateway.cluster_slots import parse_cluster_slots
 from shared.channels import event_channel
+from tests.support.binaries import skip_missing
 from tests.support.processes import ServiceProcess
 from tests.support.redis_cluster import RedisClusterServers, cluster_skip_reason
 from tests.support.stack import OUTAGE_HISTORY_SIZE
@@ -84,7 +85,7 @@ def test_replies_match_commands_in_order_and_a_server_sunsubscribe_stands_out() 
 def cluster() -> Iterator[RedisClusterServers]:
     reason = cluster_skip_reason()
     if reason is not None:
-        pytest.skip(reason)
+        skip_missing(reason)
     servers = RedisClusterServers()
     try:
         servers.start()

@@ -35,6 +35,7 @@ from shared.settings import (
     gateway_settings,
 )
 from tests.support import manifests
+from tests.support.binaries import require_binary
 from tests.support.manifests import Manifest
 
 KUBERNETES_VERSION = "1.31"
@@ -636,10 +637,7 @@ def test_nginx_keeps_tokens_out_of_its_access_log() -> None:
 
 
 def nginx_binary() -> str:
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-    if found is None:
-        pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
-    return found
+    return require_binary("nginx", "apt-get install nginx-light")
 
 
 def nginx_test(binary: str, prefix: Path, config: Path, *extra: str) -> None:

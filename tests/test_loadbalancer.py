@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.binaries import needs_binary
 from tests.support.manifests import write_nginx_config
 from tests.support.ports import free_port
 from tests.support.processes import ServiceProcess
@@ -39,7 +40,7 @@ from tests.support.watching import (
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 pytestmark = [
-    pytest.mark.skipif(NGINX is None, reason="nginx is not installed (Debian: apt install nginx)"),
+    needs_binary("nginx", "apt-get install nginx-light"),
     pytest.mark.timeout(180),
 ]
 
