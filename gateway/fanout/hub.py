@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from typing import Final, Protocol
 
-from gateway.fanout.outbound import SLOW_CONSUMER, SLOW_CONSUMER_REASON, Flusher, Outbound
+from gateway.fanout.outbound import Flusher, Outbound
 from gateway.fanout.publication import Publication
 from gateway.fanout.stats import Stats
 
@@ -83,7 +83,7 @@ class Subscription:
         self.pending.append(publication)
         self.pending_bytes += publication.size
         if self.pending_bytes > limit_bytes:
-            self.outbound.close(SLOW_CONSUMER, SLOW_CONSUMER_REASON)
+            self.outbound.overflowed()
 
     def go_live(self) -> None:
         """Send the held publications newer than `last_seq`, then receive live ones."""

@@ -5,11 +5,12 @@ client goes through it: replies, replayed history, live publications (the
 hub calls `send` for each watcher), the close. It has no task and no queue
 of its own, and it never waits:
 
-- The first frame of a loop turn is written at once. What follows in the
-  same turn (a burst read from Redis in one go, or replies) is gathered, and
-  the `Flusher` writes each outbound's gathered frames with one more
-  `write()` when the turn ends: a burst costs two system calls per watcher,
-  a lone message one.
+- The first frame of a turn is written at once. What follows in the same
+  turn (a burst read from Redis in one go, or replies) is gathered, and the
+  `Flusher` writes each outbound's gathered frames with one more `write()`
+  when the turn ends: a burst costs two system calls per watcher, a lone
+  message one. A turn ends with each read from Redis and with the flusher's
+  end-of-loop callback, so frames wait at most one loop iteration.
 - The transport's buffer is the rest of the queue: its backlog plus what
   waits for this turn must fit the byte budget (OUTBOUND_BUFFER_BYTES), or
   the client is closed with 4008, without the fan-out ever waiting for it.
@@ -113,7 +114,7 @@ class Outbound:
         # One frame always fits, so a small budget never refuses a lone large message.
         pending = self._pending_bytes
         if pending and pending + frame.size > self._limit_bytes:
-            self._overflowed()
+            self.overflowed()
             return
         self._pending_bytes = pending + frame.size
         if not self._frames:
@@ -154,15 +155,17 @@ class Outbound:
         transport = self._transport
         backlog = transport.get_write_buffer_size()
         if backlog and backlog + len(data) > self._limit_bytes:
-            self._overflowed()
+            self.overflowed()
         elif not transport.is_closing():
             if self._head:
                 data, self._head = self._head + data, b""
             transport.write(data)
             self._stats.deliveries += deliveries
 
-    def _overflowed(self) -> None:
-        self._stats.slow_consumer_closes += 1
+    def overflowed(self) -> None:
+        """The client fell too far behind: close it with 4008, counted as a slow consumer."""
+        if self.close_request is None:
+            self._stats.slow_consumer_closes += 1
         self.close(SLOW_CONSUMER, SLOW_CONSUMER_REASON)
 
 

@@ -10,6 +10,7 @@ handshake; everything else is accepted first and then closed with its code
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Final
 from urllib.parse import parse_qsl
@@ -28,6 +29,8 @@ FULL_REASON: Final = "Too many connections, try again later"
 TOKEN_REQUIRED: Final = "Authentication token required"
 TOKEN_INVALID: Final = "Invalid authentication token"
 
+logger = logging.getLogger(__name__)
+
 
 class WebSocketEndpoint:
     """Admits WebSocket connections into sessions of one replica."""
@@ -38,10 +41,12 @@ class WebSocketEndpoint:
     def open(self, connection: WebSocketConnection, upgrade: Upgrade) -> None:
         match = WEBSOCKET_PATH.fullmatch(upgrade.path)
         if match is None:
+            _log(connection, upgrade, "404")
             connection.refuse(404, "No WebSocket endpoint at this path")
             return
         settings = self._services.settings
         if not origin_allowed(settings.allowed_origins, upgrade.header(b"origin")):
+            _log(connection, upgrade, "403")
             connection.refuse(403, "Origin not allowed")
             return
         verdict = self._verdict(upgrade)
@@ -50,8 +55,10 @@ class WebSocketEndpoint:
             ping_timeout=settings.ping_timeout_seconds,
         )
         if not isinstance(verdict, Claims):
+            _log(connection, upgrade, f"closed {verdict[0]}")
             connection.close_now(*verdict, prefix=head)
             return
+        _log(connection, upgrade, "accepted")
         session = Session(connection, head, self._services, verdict)
         self._services.sessions.add(session)
         connection.listen(session)
@@ -71,6 +78,14 @@ class WebSocketEndpoint:
             return self._services.verifier.verify(token)
         except InvalidToken:
             return POLICY_VIOLATION, TOKEN_INVALID
+
+
+def _log(connection: WebSocketConnection, upgrade: Upgrade, outcome: str) -> None:
+    """An access line, as uvicorn writes one per HTTP request (tokens are redacted on output)."""
+    if logger.isEnabledFor(logging.INFO):
+        peer = connection.transport.get_extra_info("peername")
+        client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
+        logger.info(f'{client} - "WebSocket {upgrade.target}" {outcome}')
 
 
 def origin_allowed(allowed: tuple[str, ...], origin: str | None) -> bool:

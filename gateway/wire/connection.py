@@ -268,7 +268,8 @@ class WebSocketConnection(asyncio.Protocol):
             opcode, data = frame.opcode, bytes(frame.data)
             if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
                 if frame.fin:
-                    self._message(ws, opcode is Opcode.TEXT, data)
+                    if not self._message(ws, opcode is Opcode.TEXT, data):
+                        break
                 else:
                     self._fragments = (opcode is Opcode.TEXT, [data])
             elif opcode is Opcode.CONT and self._fragments is not None:
@@ -276,7 +277,8 @@ class WebSocketConnection(asyncio.Protocol):
                 parts.append(data)
                 if frame.fin:
                     self._fragments = None
-                    self._message(ws, text, b"".join(parts))
+                    if not self._message(ws, text, b"".join(parts)):
+                        break
             elif opcode is Opcode.PONG:
                 self._pong(data)
         self._send_what_websockets_wrote(ws)
@@ -285,22 +287,28 @@ class WebSocketConnection(asyncio.Protocol):
         elif self._fragments is None:
             self._ws = None
 
-    def _message(self, ws: ServerProtocol, text: bool, data: bytes) -> None:
-        if ws.state is not State.OPEN or self._state != _OPEN:
-            return
+    def _message(self, ws: ServerProtocol, text: bool, data: bytes) -> bool:
+        """Hand a whole message to the reader; False when no message may follow it.
+
+        Not `ws.state`: a client's close frame read in the same chunk has
+        already moved it on, and the messages before that frame still count.
+        """
+        if self._state != _OPEN:
+            return False
         message: str | bytes = data
         if text:
             try:
                 message = data.decode()
             except UnicodeDecodeError:
                 ws.fail(1007, "invalid UTF-8 in a text frame")
-                return
+                return False
         self._inbox.append(message)
         if len(self._inbox) >= INBOX_HIGH_WATER and not self._paused:
             self._paused = True
             self.transport.pause_reading()
         if self._reader is not None:
             self._reader.messages_arrived()
+        return True
 
     def _send_what_websockets_wrote(self, ws: ServerProtocol) -> None:
         """Pongs, close frames and, once the closing handshake is done, the end of the socket."""

@@ -211,10 +211,6 @@ async def test_hold_over_the_budget_closes_with_4008() -> None:
     assert live.sink.closes == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Subscription.hold closes with 4008 without counting Stats.slow_consumer_closes",
-)
 async def test_a_hold_overflow_counts_as_a_slow_consumer_close() -> None:
     """Every 4008 is a slow-consumer disconnect for /metrics, a hold overflow's too."""
     fanout = Fanout(hold_limit=10)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.deadlines import ExpiryClock
+from gateway.session.expiry import ExpiryClock
 from tests.support.wait import async_wait_until
 
 

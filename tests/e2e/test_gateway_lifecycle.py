@@ -40,7 +40,6 @@ def change(event_id: int, seq: int) -> SeatChange:
         ({"MAX_SUBSCRIPTIONS": "lots"}, "MAX_SUBSCRIPTIONS"),
         ({"MAX_CONNECTIONS": "0"}, "MAX_CONNECTIONS"),
         ({"DRAIN_SECONDS": "-1"}, "DRAIN_SECONDS"),
-        ({"WS_IMPL": "tornado"}, "WS_IMPL"),
         ({"SOCKET_TRANSPORT": "asyncio"}, "SOCKET_TRANSPORT"),
         ({"ALLOWED_ORIGINS": "evil"}, "ALLOWED_ORIGINS"),
         ({"REDIS_URL": "http://localhost"}, "REDIS_URL"),

@@ -10,19 +10,23 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.broker_base import BrokerBase
-from gateway.broker_redis import RedisBroker
-from gateway.flusher import Flusher
-from gateway.history import History
-from gateway.hub import Hub, Subscription
-from gateway.metrics import Stats
-from gateway.publication import Publication
-from gateway.writer import Writer
+from gateway.fanin.history import History
+from gateway.fanin.ordering import OrderedBroker
+from gateway.fanin.redis_broker import RedisBroker
+from gateway.fanout.hub import Hub, Subscription
+from gateway.fanout.outbound import Flusher, Outbound
+from gateway.fanout.publication import Publication
+from gateway.fanout.stats import Stats
 from shared.channels import event_channel, history_key, state_key
 from shared.messages import SeatChange, utc_now_iso
 from shared.publisher import Publisher
+from tests.support.connections import FakeConnection
 from tests.support.redis_server import RedisServer
 from tests.support.wait import async_wait_until
+
+
+def _ignore(seconds: float) -> None:
+    """A latency observer that keeps nothing."""
 
 
 class Recorder:
@@ -91,7 +95,7 @@ async def test_redis_subscriptions_follow_random_watchers(
 ) -> None:
     """Hundreds of random watch/unwatch steps: Redis's channels always settle to the watched set."""
     stats = Stats()
-    hub = Hub(broker, 1 << 20, Flusher(float), stats)
+    hub = Hub(broker, 1 << 20, Flusher(_ignore), stats)
     task = await running(broker, hub)
     rnd = random.Random(1234)
     live: list[Subscription] = []
@@ -99,7 +103,8 @@ async def test_redis_subscriptions_follow_random_watchers(
         if live and rnd.random() < 0.45:
             hub.unsubscribe(live.pop(rnd.randrange(len(live))))
         else:
-            watcher = Subscription(rnd.randint(1, 12), Writer(None, 1024, stats, 1.0))  # type: ignore[arg-type]
+            outbound = Outbound(FakeConnection(), b"", 1024, stats, Flusher(_ignore))
+            watcher = Subscription(rnd.randint(1, 12), outbound)
             await hub.subscribe(watcher)
             live.append(watcher)
         if step % 25 == 24:
@@ -270,7 +275,7 @@ async def test_redis_restart_loses_nothing(
 
 async def test_subscribe_while_redis_is_down_times_out(redis_server: RedisServer) -> None:
     """With Redis gone a subscribe fails within its timeout instead of hanging."""
-    from gateway.broker import BrokerUnavailable
+    from gateway.fanin.broker import BrokerUnavailable
 
     client = aioredis.Redis(port=redis_server.port)
     broker = RedisBroker(redis_server.url, History(client), Stats(), subscribe_timeout=0.5)
@@ -312,12 +317,12 @@ async def test_a_reconnect_fill_that_history_no_longer_covers_is_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """After a reconnect, history starting past the gap says which seqs watchers missed."""
-    broker = BrokerBase(TrimmedHistory(), Stats(), subscribe_timeout=1, history_timeout=1)  # type: ignore[arg-type]
+    broker = OrderedBroker(TrimmedHistory(), Stats(), subscribe_timeout=1, history_timeout=1)  # type: ignore[arg-type]
     recorder = Recorder()
     broker._handler = recorder
     broker._desired.add(31)
     broker._last_seq[31] = 5
-    with caplog.at_level(logging.WARNING, logger="gateway.broker_base"):
+    with caplog.at_level(logging.WARNING, logger="gateway.fanin.ordering"):
         await broker._fill_after_reconnect(31)
     assert recorder.received == {31: [9, 10]}
     [record] = [r for r in caplog.records if r.getMessage() == "history no longer holds a gap"]

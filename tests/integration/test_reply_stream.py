@@ -17,7 +17,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from gateway.reply_stream import ReplyStream
+from gateway.fanin.reply_stream import ReplyStream
 from tests.support.wait import async_wait_until
 
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import uvloop
 
-from gateway.transports import AIOFASTNET, UVLOOP, serve_clients_with
+from gateway.process.transports import AIOFASTNET, UVLOOP, serve_clients_with
 
 pytestmark = pytest.mark.timeout(30)
 

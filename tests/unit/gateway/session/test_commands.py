@@ -1,4 +1,4 @@
-"""Pure parts of the gateway: client message parsing, publications, the rate limit."""
+"""Client messages parsed into commands (or the contract's error), and the replies' shapes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import protocol
-from gateway.protocol import (
+from gateway.session import commands as protocol
+from gateway.session.commands import (
     GetStats,
     Ping,
     ProtocolError,
@@ -19,8 +19,6 @@ from gateway.protocol import (
     parse,
     parse_event_id,
 )
-from gateway.publication import outgoing, parse_publication
-from gateway.ratelimit import RateLimit
 
 INVALID = ProtocolError("invalid_message", "Invalid message format")
 BAD_EVENT = ProtocolError("invalid_event_id", "eventId must be a positive integer")
@@ -230,58 +228,3 @@ def test_reply_shapes() -> None:
         "code": "forbidden",
         "message": "no",
     }
-
-
-def test_publication_is_parsed_once_and_kept_as_text() -> None:
-    """A payload becomes one Publication whose text is the payload, byte for byte."""
-    payload = '{"type":"booking_created","eventId":4,"seq":9,"timestamp":"2026-11-25T17:00:00.500Z","n":"é"}'
-    publication = parse_publication(payload.encode())
-    assert publication is not None
-    assert (publication.event_id, publication.seq) == (4, 9)
-    assert publication.text == payload
-    assert publication.size == len(payload.encode())
-    assert publication.published_at == pytest.approx(1795626000.5)
-    assert publication.asgi == {"type": "websocket.send", "text": payload}
-
-
-@pytest.mark.parametrize(
-    "payload",
-    [
-        b"",
-        b"nope",
-        b"[]",
-        b'{"eventId": 1}',
-        b'{"seq": 1}',
-        b'{"eventId": 0, "seq": 1}',
-        b'{"eventId": 1, "seq": "2"}',
-        b'{"eventId": true, "seq": 1}',
-        b"\xff\xfe",
-    ],
-)
-def test_malformed_publications_are_refused(payload: bytes) -> None:
-    """A payload without a positive integer `eventId` and `seq` is not a publication."""
-    assert parse_publication(payload) is None
-
-
-def test_outgoing_counts_utf8_bytes() -> None:
-    """The outbound byte budget counts encoded bytes, not characters."""
-    reply = outgoing({"message": "ééé"})
-    assert reply.size == len(reply.text.encode())
-    assert reply.size > len(reply.text)
-
-
-def test_rate_limit_allows_n_per_second() -> None:
-    """N messages within one second pass, the N+1th is refused; a second later all is well."""
-    limit = RateLimit(3)
-    assert [limit.allow(t) for t in (0.0, 0.1, 0.2)] == [True, True, True]
-    assert limit.allow(0.9) is False
-    assert limit.allow(1.05) is True
-    assert limit.allow(1.11) is True
-
-
-def test_rate_limit_is_a_sliding_window() -> None:
-    """A burst across a second boundary is still caught (no fixed windows)."""
-    limit = RateLimit(2)
-    assert limit.allow(0.95)
-    assert limit.allow(0.99)
-    assert limit.allow(1.01) is False

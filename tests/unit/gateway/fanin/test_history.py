@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.history import History, HistoryClosed
+from gateway.fanin.history import History, HistoryClosed
 from shared.channels import state_key
 from tests.support.wait import async_wait_until
 
