@@ -52,7 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--servers",
         default=DEFAULT_SERVERS,
         help=(
-            "comma-separated: floor, gateway[:<WS_IMPL>[:<WORKERS>[:<SOCKET_TRANSPORT>]]] "
+            "comma-separated: floor, gateway[:<WORKERS>[:<SOCKET_TRANSPORT>]] "
             f"(default {DEFAULT_SERVERS})"
         ),
     )

@@ -1,7 +1,7 @@
-"""The servers under test: the floor, and the gateway with each WebSocket implementation.
+"""The servers under test: the floor, and the gateway in the configurations to compare.
 
-`--servers floor,gateway:websockets,gateway:fast:2,gateway:fast:1:aiofastnet` names
-them: `floor`, or `gateway[:<WS_IMPL>[:<WORKERS>[:<SOCKET_TRANSPORT>]]]`.
+`--servers floor,gateway,gateway:2,gateway:1:aiofastnet` names them: `floor`, or
+`gateway[:<WORKERS>[:<SOCKET_TRANSPORT>]]`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,7 @@ from bench import procstat
 from shared.settings import GATEWAY_VARIABLES, SOCKET_TRANSPORTS
 
 ROOT = Path(__file__).resolve().parents[1]
-WS_IMPLS = ("auto", "websockets", "websockets-sansio", "wsproto", "fast")
-DEFAULT_SERVERS = (
-    "floor,gateway:websockets,gateway:websockets-sansio,gateway:wsproto,gateway:fast,"
-    "gateway:fast:1:aiofastnet"
-)
+DEFAULT_SERVERS = "floor,gateway,gateway:1:aiofastnet"
 # A 200-message burst to one client is ~40 KB; nothing in a benchmark should overflow.
 OUTBOUND_BUFFER_BYTES = 8 << 20
 START_SECONDS = 30.0
@@ -61,14 +57,9 @@ class ServerSpec:
     """One server variant to measure."""
 
     name: str
-    # None: the floor server.
-    ws_impl: str | None
+    is_floor: bool
     workers: int = 1
     socket_transport: str = SOCKET_TRANSPORTS[0]
-
-    @property
-    def is_floor(self) -> bool:
-        return self.ws_impl is None
 
 
 def parse_servers(text: str) -> list[ServerSpec]:
@@ -84,22 +75,16 @@ def parse_servers(text: str) -> list[ServerSpec]:
 
 def _parse_server(name: str) -> ServerSpec:
     if name == "floor":
-        return ServerSpec(name, None)
+        return ServerSpec(name, is_floor=True)
     kind, _, rest = name.partition(":")
-    impl, _, rest = rest.partition(":")
     workers, _, transport = rest.partition(":")
-    impl, workers, transport = impl or "auto", workers or "1", transport or SOCKET_TRANSPORTS[0]
-    if (
-        kind != "gateway"
-        or impl not in WS_IMPLS
-        or not workers.isdigit()
-        or transport not in SOCKET_TRANSPORTS
-    ):
+    workers, transport = workers or "1", transport or SOCKET_TRANSPORTS[0]
+    if kind != "gateway" or not workers.isdigit() or transport not in SOCKET_TRANSPORTS:
         raise ValueError(
-            f"unknown server {name!r}: use floor or gateway[:<{'|'.join(WS_IMPLS)}>"
-            f"[:<workers>[:<{'|'.join(SOCKET_TRANSPORTS)}>]]]"
+            f"unknown server {name!r}: use floor or "
+            f"gateway[:<workers>[:<{'|'.join(SOCKET_TRANSPORTS)}>]]"
         )
-    return ServerSpec(name, impl, int(workers), transport)
+    return ServerSpec(name, is_floor=False, workers=int(workers), socket_transport=transport)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +163,6 @@ class ServerProcess:
             # Nobody is connected when the runner stops a server: no drain to wait for.
             DRAIN_SECONDS="0",
             WORKERS=str(self.spec.workers),
-            WS_IMPL=self.spec.ws_impl or "auto",
             SOCKET_TRANSPORT=self.spec.socket_transport,
         )
         return env

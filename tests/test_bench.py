@@ -211,23 +211,21 @@ def test_upgrade_answer_must_be_101_with_the_right_accept() -> None:
 
 
 def test_server_list_parses_variants_and_refuses_unknown_ones() -> None:
-    """`floor`, `gateway`, `gateway:<impl>[:<workers>[:<transport>]]`; anything else is an error."""
-    specs = parse_servers(
-        "floor, gateway, gateway:wsproto, gateway:fast:2, gateway:fast:1:aiofastnet"
-    )
-    assert [(s.ws_impl, s.workers, s.socket_transport) for s in specs] == [
-        (None, 1, "uvloop"),
-        ("auto", 1, "uvloop"),
-        ("wsproto", 1, "uvloop"),
-        ("fast", 2, "uvloop"),
-        ("fast", 1, "aiofastnet"),
+    """`floor`, `gateway[:<workers>[:<transport>]]`; anything else is an error."""
+    specs = parse_servers("floor, gateway, gateway:2, gateway:1:aiofastnet")
+    assert [(s.is_floor, s.workers, s.socket_transport) for s in specs] == [
+        (True, 1, "uvloop"),
+        (False, 1, "uvloop"),
+        (False, 2, "uvloop"),
+        (False, 1, "aiofastnet"),
     ]
     bad_names = (
         "",
         "nginx",
         "gateway:quick",
-        "gateway:fast:two",
-        "gateway:fast:1:tcp",
+        "gateway:two",
+        "gateway:1:tcp",
+        "gateway:fast",
         "floor,floor",
     )
     for bad in bad_names:
@@ -250,7 +248,7 @@ async def test_profiled_gateway_is_measured_not_its_profiler(
     """Under `--profile`, CPU and memory are read from the gateway, and py-spy writes its samples."""
     backend = Backend(redis_server.url, JWT_SECRET, "warning", profile_dir=tmp_path)
     server = ServerProcess(
-        ServerSpec("gateway:fast", "fast"), free_port(), backend, tmp_path / "g.log"
+        ServerSpec("gateway", is_floor=False), free_port(), backend, tmp_path / "g.log"
     )
     await server.start()
     try:
