@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from shared.tokens import mint_token
 from tests.support.api_client import running_app, settings_for
 from tests.support.binaries import MISSING, under_ci
+from tests.support.gateway import StartGateway, gateways
 from tests.support.postgres import PostgresServer
 from tests.support.processes import ServiceProcess
 from tests.support.redis_server import RedisServer
@@ -78,6 +79,17 @@ async def client(database_url: str, redis_url: str) -> AsyncIterator[httpx.Async
     """An HTTP client of an in-process booking API (lifespan run) on real PostgreSQL and Redis."""
     async with running_app(settings_for(database_url, redis_url)) as client:
         yield client
+
+
+@pytest.fixture
+async def serve_gateway(redis_url: str, jwt_secret: str) -> AsyncIterator[StartGateway]:
+    """Serve gateway replicas in this test's loop: `await serve_gateway(PING_INTERVAL_SECONDS="1")`.
+
+    Each is a real replica under uvicorn on its own free port and this test's
+    Redis (tests/support/gateway.py); all of them stop after the test.
+    """
+    async with gateways(redis_url, jwt_secret) as start:
+        yield start
 
 
 @pytest.fixture
