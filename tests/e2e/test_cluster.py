@@ -18,8 +18,8 @@ import pytest
 from redis.crc import key_slot
 
 from booking_api.restore import SENTINEL_KEY
-from gateway.broker_cluster import SSUBSCRIBE, SUNSUBSCRIBE, _NodeLink
-from gateway.cluster_slots import parse_cluster_slots
+from gateway.fanin.cluster_broker import SSUBSCRIBE, SUNSUBSCRIBE, _NodeLink
+from gateway.fanin.cluster_slots import parse_cluster_slots
 from shared.channels import event_channel
 from tests.support.binaries import skip_missing
 from tests.support.processes import ServiceProcess

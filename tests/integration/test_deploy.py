@@ -41,6 +41,8 @@ from tests.support.manifests import Manifest
 KUBERNETES_VERSION = "1.31"
 VALID_SECRET = "x" * 48
 ENTRY_POINTS = ("gateway", "booking_api")
+# Where each entry point's `create_app(settings)` lives.
+APP_MODULES = {"gateway": "gateway.process.app", "booking_api": "booking_api.app"}
 VARIABLES: dict[str, tuple[str, ...]] = {
     "gateway": GATEWAY_VARIABLES,
     "booking_api": API_VARIABLES,
@@ -88,9 +90,9 @@ class Served:
 def served(module: str) -> Served:
     """The real app's routes via its `create_app(settings)`; the contract's where it has none yet."""
     try:
-        factory = importlib.import_module(f"{module}.app").create_app
+        factory = importlib.import_module(APP_MODULES[module]).create_app
     except (ImportError, AttributeError) as error:
-        return Served(module, None, missing=f"{module}.app.create_app: {error}")
+        return Served(module, None, missing=f"{APP_MODULES[module]}.create_app: {error}")
     app = factory(defaults(module))
     assert isinstance(app, Starlette)
     return Served(module, app)
