@@ -80,6 +80,11 @@ class TokenVerifier:
         else:
             raise ValueError("no JWT key configured")
 
+    @property
+    def fast_path(self) -> bool:
+        """Whether common HS256 tokens skip pyjwt's generality (a seam test checks it)."""
+        return self._fast is not None
+
     def verify(self, token: str) -> Claims:
         """Return the token's claims, or raise `InvalidToken`."""
         payload = self._fast.payload(token) if self._fast is not None else None

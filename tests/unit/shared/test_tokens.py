@@ -232,7 +232,7 @@ def test_what_the_fast_path_doubts_goes_to_pyjwt(token: str) -> None:
 def test_a_short_secret_gets_no_fast_path_and_pyjwt_warns_as_before() -> None:
     """A secret pyjwt would warn about gets no fast path, so the warning is not lost."""
     verifier = TokenVerifier(JwtKeys(secret="short", public_key=None))
-    assert verifier._fast is None
+    assert not verifier.fast_path
 
 
 @settings(max_examples=300, deadline=None)

@@ -82,7 +82,7 @@ class FakeWebSocket {
   }
 }
 
-const Seatcast = require(path.resolve(__dirname, "../../gateway/static/client.js"));
+const Seatcast = require(path.resolve(__dirname, "../../../../gateway/static/client.js"));
 const last = () => sockets[sockets.length - 1];
 const tokenOf = (ws) => new URL(ws.url).searchParams.get("token");
 
