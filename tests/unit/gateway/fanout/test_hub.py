@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pytest
-
 from gateway.fanin.memory_broker import MemoryBroker
 from gateway.fanout.hub import Hub, Subscription
 from gateway.fanout.outbound import SLOW_CONSUMER, SLOW_CONSUMER_REASON, Flusher, Outbound
