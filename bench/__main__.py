@@ -1,4 +1,4 @@
-"""`python -m bench`: the fan-out benchmark of issue 4 (`make bench`, `make bench-quick`).
+"""`python -m bench`: the fan-out benchmark (`make bench`, `make bench-quick`).
 
 Starts a private redis-server, then for each run and each server variant a
 fresh server process and a load client, runs every scenario (see

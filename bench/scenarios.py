@@ -1,4 +1,4 @@
-"""The scenarios of issue 4, run in order against one fresh server process.
+"""The fan-out scenarios, run in order against one fresh server process.
 
 1. connect: `burst_watchers` clients of one event, ramped up with a bounded
    number in flight: connects per second (JWT verified by the server) and the

@@ -103,8 +103,8 @@ class _PreparedHmac(HMACAlgorithm):
     """HS256 whose secret pyjwt checks once, not for every token.
 
     pyjwt makes sure an HMAC secret is no PEM, SSH, DER or JWK key by parsing
-    it each time it verifies a token: half of a token's 40 µs (issue 4's
-    connect profile). The secret never changes, so neither does the outcome.
+    it each time it verifies a token, about half of the verification. The
+    secret never changes, so neither does the outcome.
     """
 
     def __init__(self, secret: str) -> None:
@@ -123,14 +123,14 @@ class _FastHs256:
     """The payload of an HS256 token that pyjwt would accept, in a fifth of its time.
 
     pyjwt's `decode` is general: any header, any algorithm, a per-character
-    alphabet test and a re-encoding of every segment, two JSON parses: 40-50
-    µs of a connect's ~400 (issue 4's connect profile). A token with one of
+    alphabet test and a re-encoding of every segment, two JSON parses: a
+    tenth of a connect's server CPU. A token with one of
     the common HS256 headers needs less: the signature is compared as text
     with the one the secret gives (so only pyjwt's canonical encoding
     matches), the payload parsed once, and its claims checked by pyjwt's own
     `_validate_claims`. Anything else, or any doubt, returns None and pyjwt
     decides, with its own errors: this path only ever accepts what pyjwt
-    accepts (`tests/test_shared_tokens.py` compares the two).
+    accepts (`tests/unit/shared/test_tokens.py` compares the two).
     """
 
     def __init__(self, decoder: jwt.PyJWT, secret: bytes, options: jwt.types.Options) -> None:

@@ -18,7 +18,7 @@ from typing import Final
 # Allocations between young collections, then young collections per middle one and
 # middle ones per full one: full collections come every ~4M allocations instead of
 # every 70k, and still often enough that the cycles closed connections leave behind
-# do not pile up under churn (tests/test_soak.py).
+# do not pile up under churn (tests/e2e/test_soak.py).
 THRESHOLDS: Final = (20_000, 20, 10)
 
 

@@ -42,7 +42,9 @@ from tests.support.redis_server import RedisServer
 async def floor(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[ServerProcess]:
     """A running floor server on its own Redis."""
     backend = Backend(redis_server.url, JWT_SECRET, "warning")
-    server = ServerProcess(ServerSpec("floor", is_floor=True), free_port(), backend, tmp_path / "floor.log")
+    server = ServerProcess(
+        ServerSpec("floor", is_floor=True), free_port(), backend, tmp_path / "floor.log"
+    )
     await server.start()
     yield server
     await server.stop()

@@ -5,7 +5,7 @@ the reason, on a machine without it. `.ci/run` installs every one of them and
 sets CI=true; there a skip made here fails the test instead (the
 `pytest_runtest_makereport` hook in tests/conftest.py), so CI cannot go green
 while a suite quietly skipped. kubectl is not among them: Debian has no
-package for it, so the one test that uses it (tests/test_deploy.py) skips with
+package for it, so the one test that uses it (tests/integration/test_deploy.py) skips with
 a plain `pytest.skip`, under CI too.
 """
 

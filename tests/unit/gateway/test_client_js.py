@@ -1,8 +1,8 @@
 """The browser client's logic (gateway/static/client.js) under a fake clock and socket.
 
-Each test runs one scenario of tests/js/client_scenarios.js in Node, where
+Each test runs one scenario of tests/unit/gateway/js/client_scenarios.js in Node, where
 timers and the WebSocket are fakes, so backoff, heartbeat and token refresh
-are checked exactly. tests/test_browser.py drives the same file in Chromium
+are checked exactly. tests/e2e/test_browser.py drives the same file in Chromium
 against real replicas.
 """
 

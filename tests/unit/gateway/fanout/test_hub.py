@@ -5,7 +5,7 @@ step is held while replaying, or checked against its `last_seq`, until it is
 in step. What is checked is what each watcher's transport receives, in which
 writes, and the closes, counters and latencies that follow. The hub's
 subscription bookkeeping is in test_hub_subscriptions.py and
-tests/test_gateway_hub.py.
+tests/unit/gateway/session/test_sessions.py.
 """
 
 from __future__ import annotations
