@@ -21,7 +21,7 @@ import uvicorn
 from gateway.process import heap
 from gateway.process.replica import Replica
 from gateway.process.transports import serve_clients_with
-from gateway.session.admission import DRAINING_REASON, SERVICE_RESTART
+from gateway.wire.connection import SERVICE_RESTART, SHUTDOWN_REASON
 from shared.quiet_server import QuietServer
 
 # Closes go out over the first part of the window, the rest is for goodbyes and exit.
@@ -43,7 +43,7 @@ async def drain(replica: Replica) -> None:
         delay = start + window * SPREAD_FRACTION * index / len(sessions) - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        session.close(SERVICE_RESTART, DRAINING_REASON)
+        session.close(SERVICE_RESTART, SHUTDOWN_REASON)
     try:
         async with asyncio.timeout_at(start + window * WAIT_FRACTION):
             await replica.sessions.idle.wait()

@@ -16,15 +16,13 @@ from typing import Final
 from urllib.parse import parse_qsl
 
 from gateway.session.session import POLICY_VIOLATION, Services, Session
-from gateway.wire.connection import WebSocketConnection
+from gateway.wire.connection import SERVICE_RESTART, SHUTDOWN_REASON, WebSocketConnection
 from gateway.wire.handshake import Upgrade
 from shared.tokens import Claims, InvalidToken
 
 # `/ws` and `/ws/events/{eventId}`; the group is the event id, checked by the session.
 WEBSOCKET_PATH: Final = re.compile(r"/ws(?:/events/([^/]+))?")
-SERVICE_RESTART: Final = 1012
 TRY_AGAIN_LATER: Final = 1013
-DRAINING_REASON: Final = "Server shutting down, reconnect elsewhere"
 FULL_REASON: Final = "Too many connections, try again later"
 TOKEN_REQUIRED: Final = "Authentication token required"
 TOKEN_INVALID: Final = "Invalid authentication token"
@@ -68,7 +66,7 @@ class WebSocketEndpoint:
         """The token's claims, or the (code, reason) to close the connection with."""
         sessions = self._services.sessions
         if sessions.draining:
-            return SERVICE_RESTART, DRAINING_REASON
+            return SERVICE_RESTART, SHUTDOWN_REASON
         if sessions.full:
             return TRY_AGAIN_LATER, FULL_REASON
         token = bearer_token(upgrade.query, upgrade.header(b"authorization"))

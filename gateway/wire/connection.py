@@ -50,7 +50,8 @@ CLOSE_TIMEOUT_SECONDS: Final = 10.0
 INBOX_HIGH_WATER: Final = 16
 # Keepalive pings and their timeouts are due at most this late.
 PING_RESOLUTION_SECONDS: Final = 0.1
-GOING_AWAY: Final = 1012
+# The contract's close for a replica shutting down: reconnect elsewhere.
+SERVICE_RESTART: Final = 1012
 SHUTDOWN_REASON: Final = "Server shutting down, reconnect elsewhere"
 
 _HANDSHAKE, _OPEN, _CLOSING, _CLOSED = range(4)
@@ -179,7 +180,7 @@ class WebSocketConnection(asyncio.Protocol):
     def shutdown(self) -> None:
         """The server stops: a 1012 to an open connection (uvicorn calls this)."""
         if self._state == _OPEN:
-            self.close_now(GOING_AWAY, SHUTDOWN_REASON)
+            self.close_now(SERVICE_RESTART, SHUTDOWN_REASON)
         elif self._state == _HANDSHAKE:
             self._end_transport()
 

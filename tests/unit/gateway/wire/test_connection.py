@@ -25,9 +25,9 @@ from gateway.fanout.stats import Stats
 from gateway.wire import connection as wire_connection
 from gateway.wire.connection import (
     ENDPOINT_STATE_KEY,
-    GOING_AWAY,
     INBOX_HIGH_WATER,
     MAX_FRAME_BYTES,
+    SERVICE_RESTART,
     SHUTDOWN_REASON,
     WebSocketConnection,
 )
@@ -506,10 +506,10 @@ async def test_shutdown_sends_1012_and_waits_for_the_peers_close() -> None:
     opened = connect()
     opened.connection.shutdown()
     (close,) = opened.frames_written()
-    assert close_of(close) == Close(GOING_AWAY, SHUTDOWN_REASON)
+    assert close_of(close) == Close(SERVICE_RESTART, SHUTDOWN_REASON)
     assert opened.reader.closes == 1
     assert not opened.transport.closed
-    opened.feed(client_frame(Opcode.CLOSE, Close(GOING_AWAY, "").serialize()))
+    opened.feed(client_frame(Opcode.CLOSE, Close(SERVICE_RESTART, "").serialize()))
     assert opened.transport.closed
     assert len(opened.frames_written()) == 1
 
